@@ -1,0 +1,1 @@
+"""SQL registry: tables, engine creation and Alembic migrations."""

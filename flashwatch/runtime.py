@@ -1,0 +1,94 @@
+"""Composition root: build the shared state from settings and run roles (DESIGN.md §6).
+
+`flashwatch serve` runs every role that exists in one process; `flashwatch run <role>`
+runs one. Roles whose components are not built yet are reported and skipped, never
+faked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import uvicorn
+from sqlmodel import Session, select
+
+from flashwatch import registry
+from flashwatch.api import create_app
+from flashwatch.api.deps import AppState
+from flashwatch.config import Settings
+from flashwatch.db.engine import create_db_engine, upgrade
+from flashwatch.db.models import ApiToken
+
+log = logging.getLogger("flashwatch")
+ROLES = ("api", "ingest", "encoder", "reasoner", "alerts")
+ADMIN_TOKEN_FILE = "admin.token"  # noqa: S105 (a file name, not a secret)
+
+
+def build_state(settings: Settings, *, migrate: bool = True) -> AppState:
+    """Engine (migrated), bootstrap admin token, and the components available so far."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_db_engine(
+        settings.db_url, pool_size=settings.db.pool_size, echo=settings.db.echo
+    )
+    if migrate:
+        upgrade(engine)
+    return AppState(settings=settings, engine=engine)
+
+
+def ensure_admin_token(state: AppState) -> Path | None:
+    """Guarantee a way in: the configured bootstrap token, or a new one written to a file.
+
+    The token is never logged; when generated it goes to <data_dir>/admin.token (0600)
+    and only the file's path is printed.
+    """
+    settings = state.settings
+    with Session(state.engine) as session:
+        if settings.api.bootstrap_admin_token is not None:
+            registry.ensure_token(
+                session,
+                "bootstrap-admin",
+                "admin",
+                settings.api.bootstrap_admin_token.get_secret_value(),
+            )
+            return None
+        if session.exec(select(ApiToken).where(ApiToken.role == "admin")).first() is not None:
+            return None
+        _, token = registry.create_token(session, "admin", "admin")
+    path = settings.data_dir / ADMIN_TOKEN_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    return path
+
+
+def serve(settings: Settings, roles: tuple[str, ...] = ROLES) -> None:
+    """Run the given roles in this process; the API role blocks until SIGINT/SIGTERM."""
+    state = build_state(settings)
+    token_file = ensure_admin_token(state)
+    if token_file is not None:
+        log.warning(
+            "created an admin API token; it is in %s (readable by this user only)", token_file
+        )
+    missing = [r for r in roles if r != "api"]
+    if missing:
+        log.info("roles not built yet, not started: %s", ", ".join(missing))
+    if "api" not in roles:
+        log.error("nothing to run: the roles %s are not built yet", ", ".join(roles))
+        raise SystemExit(3)
+    app = create_app(state)
+    log.info(
+        "API on http://%s:%d/v1 (data in %s)",
+        settings.api.host,
+        settings.api.port,
+        settings.data_dir,
+    )
+    uvicorn.run(
+        app,
+        host=settings.api.host,
+        port=settings.api.port,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+    )
