@@ -325,6 +325,7 @@ def create_token(
     row = ApiToken(name=name, role=role, token_hash=hash_token(token), prefix=token[:8])
     session.add(row)
     session.commit()
+    session.refresh(row)  # loaded now, so the row stays readable after the session closes
     return row, token
 
 

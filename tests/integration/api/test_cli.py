@@ -1,0 +1,145 @@
+"""The CLI against a real API over HTTP: auth enforced, tables and --json, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.apiharness import Api, live_server, make_api, settings_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[Api, str]]:
+    api = make_api(settings_for(tmp_path, None))
+    with live_server(api.state) as base:
+        yield api, base
+    api.state.engine.dispose()
+
+
+def fw(
+    base: str, token: str | None, *args: str, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FW_", "FLASHWATCH_"))}
+    env["FLASHWATCH_URL"] = base
+    if token:
+        env["FLASHWATCH_TOKEN"] = token
+    return subprocess.run(
+        [sys.executable, "-m", "flashwatch.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_camera_and_rule_lifecycle_through_the_cli(served: tuple[Api, str]) -> None:
+    api, base = served
+    op = api.tokens["operator"]
+    added = fw(
+        base,
+        op,
+        "camera",
+        "add",
+        "gate",
+        "rtsp://127.0.0.1:8554/cam1",
+        "--username",
+        "bob",
+        "--password-stdin",
+        "--label",
+        "site=north",
+        "--json",
+        stdin="pa:ss@word\n",
+    )
+    assert added.returncode == 0, added.stderr
+    cam = json.loads(added.stdout)
+    assert cam["has_credentials"] is True and "pa:ss" not in added.stdout
+
+    listed = fw(base, op, "camera", "list")
+    assert listed.returncode == 0
+    header, row = listed.stdout.splitlines()[:2]
+    assert header.split()[:3] == ["ID", "NAME", "URL"] and row.split()[1] == "gate"
+
+    rule = fw(
+        base,
+        op,
+        "rule",
+        "add",
+        "fence",
+        "a person climbs the fence",
+        "--camera",
+        str(cam["id"]),
+        "--window",
+        "32",
+        "--step",
+        "4",
+        "--json",
+    )
+    assert rule.returncode == 0, rule.stderr
+    assert json.loads(rule.stdout)["window_s"] == 32
+    rules = json.loads(fw(base, op, "rule", "list", "--json").stdout)
+    assert [r["name"] for r in rules] == ["fence"]
+
+    asked = fw(base, op, "ask", "who is at the gate?", "--camera", str(cam["id"]), "--since", "2h")
+    assert asked.returncode == 4 and "no reasoner" in asked.stderr
+
+    assert fw(base, op, "rule", "rm", str(json.loads(rule.stdout)["id"])).returncode == 0
+    assert fw(base, op, "camera", "rm", str(cam["id"])).returncode == 0
+    assert json.loads(fw(base, op, "camera", "list", "--json").stdout) == []
+
+
+def test_cli_enforces_auth_and_reports_errors(served: tuple[Api, str]) -> None:
+    api, base = served
+    no_token = fw(base, None, "camera", "list")
+    assert no_token.returncode == 1 and "401" in no_token.stderr
+    viewer = fw(base, api.tokens["viewer"], "camera", "add", "x", "rtsp://127.0.0.1/x")
+    assert viewer.returncode == 1 and "403" in viewer.stderr
+    bad = fw(base, api.tokens["admin"], "camera", "add", "x", "http://127.0.0.1/x")
+    assert bad.returncode == 1 and "scheme 'http' is not allowed" in bad.stderr
+    down = fw("http://127.0.0.1:9", api.tokens["admin"], "camera", "list")
+    assert down.returncode == 4 and "cannot reach" in down.stderr
+
+
+def test_token_create_and_db_upgrade_act_on_the_local_registry(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FW_")}
+    env["FW_DATA_DIR"] = str(tmp_path)
+    run = [sys.executable, "-m", "flashwatch.cli"]
+    up = subprocess.run(
+        [*run, "db", "upgrade"], env=env, capture_output=True, text=True, check=False
+    )
+    assert up.returncode == 0 and "revision 0001" in up.stdout
+    made = subprocess.run(
+        [*run, "token", "create", "ops-bot", "--role", "operator", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    token = json.loads(made.stdout)["token"]
+    api = make_api(settings_for(tmp_path, None))
+    assert (
+        api.client.get("/v1/cameras", headers={"Authorization": f"Bearer {token}"}).status_code
+        == 200
+    )
+    assert (
+        api.client.get("/v1/tokens", headers={"Authorization": f"Bearer {token}"}).status_code
+        == 403
+    )
+    bad_role = subprocess.run(
+        [*run, "token", "create", "x", "--role", "root"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad_role.returncode == 2
