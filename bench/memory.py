@@ -13,8 +13,8 @@ token dtype it reports:
 Issue 5 targets: ≥ 2,000 clip writes/s, one level-1 camera-hour read in ≤ 50 ms, ≤ 80 KiB per
 level-0 int8 clip with thumbnail, ≤ 96 MiB per camera-hour over all levels.
 
-    python bench/memory_bench.py                      # private redis-server + temp SQLite
-    python bench/memory_bench.py --redis-url redis://127.0.0.1:6379/14 --dtypes int8
+    python bench/memory.py                      # private redis-server + temp SQLite
+    python bench/memory.py --redis-url redis://127.0.0.1:6379/14 --dtypes int8
 """
 
 from __future__ import annotations

@@ -7,9 +7,21 @@ from typing import Protocol, runtime_checkable
 from flashwatch.messages import QueryAnswer, QueryRequest, ScoreAnswer, ScoreRequest
 
 
+class ReasonerBusy(Exception):
+    """The reasoner's admission control refused the request; retry after `retry_after_s`."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 @runtime_checkable
 class Reasoner(Protocol):
-    """Answers questions over memory and scores rules (local model or remote service)."""
+    """Answers questions over memory and scores rules (local model or remote service).
+
+    Both calls may raise `ReasonerBusy`; `score` (alerts) must be served ahead of `query`
+    so a long question never starves alert evaluation.
+    """
 
     def query(self, request: QueryRequest) -> QueryAnswer: ...
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from pathlib import Path
 
 import uvicorn
@@ -64,31 +66,46 @@ def ensure_admin_token(state: AppState) -> Path | None:
 
 
 def serve(settings: Settings, roles: tuple[str, ...] = ROLES) -> None:
-    """Run the given roles in this process; the API role blocks until SIGINT/SIGTERM."""
+    """Run the given roles in this process until SIGINT/SIGTERM, then stop them in order."""
+    from flashwatch.pipeline import Pipeline
+
     state = build_state(settings)
     token_file = ensure_admin_token(state)
     if token_file is not None:
         log.warning(
             "created an admin API token; it is in %s (readable by this user only)", token_file
         )
-    missing = [r for r in roles if r != "api"]
-    if missing:
-        log.info("roles not built yet, not started: %s", ", ".join(missing))
-    if "api" not in roles:
-        log.error("nothing to run: the roles %s are not built yet", ", ".join(roles))
-        raise SystemExit(3)
-    app = create_app(state)
-    log.info(
-        "API on http://%s:%d/v1 (data in %s)",
-        settings.api.host,
-        settings.api.port,
-        settings.data_dir,
-    )
-    uvicorn.run(
-        app,
-        host=settings.api.host,
-        port=settings.api.port,
-        log_config=None,
-        access_log=False,
-        server_header=False,
-    )
+    pipeline = Pipeline(state, roles)
+    pipeline.start()
+    try:
+        if "api" in roles:
+            log.info(
+                "API on http://%s:%d/v1 (data in %s)",
+                settings.api.host,
+                settings.api.port,
+                settings.data_dir,
+            )
+            uvicorn.run(
+                create_app(state),
+                host=settings.api.host,
+                port=settings.api.port,
+                log_config=None,
+                access_log=False,
+                server_header=False,
+            )
+        elif pipeline.started:
+            _wait_for_signal()
+        else:
+            log.error(
+                "nothing to run: %s", "; ".join(f"{r}: {w}" for r, w in pipeline.skipped.items())
+            )
+            raise SystemExit(3)
+    finally:
+        pipeline.stop()
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()

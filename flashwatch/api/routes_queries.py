@@ -18,6 +18,7 @@ from flashwatch.api.errors import ApiError, field_error, responses
 from flashwatch.api.schemas import QueryCreate, QueryResult
 from flashwatch.db.models import Camera
 from flashwatch.messages import CameraWindow, QueryRequest
+from flashwatch.protocols import ReasonerBusy
 
 router = APIRouter(
     prefix="/v1/queries",
@@ -70,6 +71,13 @@ async def ask(body: QueryCreate, session: SessionDep, state: StateDep, _: Viewer
             strategy=body.strategy,
         )
         answer = await run_in_threadpool(state.reasoner.query, request)
+    except ReasonerBusy as exc:
+        raise ApiError(
+            429,
+            "reasoner_busy",
+            str(exc) or "the reasoner is busy",
+            headers={"Retry-After": str(max(1, round(exc.retry_after_s)))},
+        ) from None
     finally:
         state.query_slots.release()
     return QueryResult(
