@@ -53,6 +53,36 @@ def image_size_for(mm_vision_tower: str) -> int:
     )
 
 
+VISION_OVERRIDES_KEY = "fw_vision_config"
+_OVERRIDABLE = {"image_size", "num_heads", "pos_base_grid", "mlp_ratio", "ln_eps", "final_ln_eps"}
+
+
+def vision_overrides(cfg_json: dict[str, Any]) -> dict[str, Any]:
+    """UMT settings that the tensors cannot reveal, for small (tiny/random) checkpoints.
+
+    Official checkpoints have no `fw_vision_config`; their values follow the reference
+    (head count 16, input size from `mm_vision_tower`). FlashWatch's own small models write
+    this FlashWatch-only field into config.json so the same loader builds them exactly.
+    """
+    extra = cfg_json.get(VISION_OVERRIDES_KEY) or {}
+    if not isinstance(extra, dict):
+        raise CheckpointError(f"config.json {VISION_OVERRIDES_KEY} must be an object")
+    unknown = sorted(set(extra) - _OVERRIDABLE)
+    if unknown:
+        raise CheckpointError(
+            f"config.json {VISION_OVERRIDES_KEY} has unknown keys {unknown}; "
+            f"allowed: {sorted(_OVERRIDABLE)}"
+        )
+    return dict(extra)
+
+
+def checkpoint_image_size(ckpt_dir: Path) -> int:
+    """The encoder input S of a checkpoint directory."""
+    cfg_json = read_config_json(Path(ckpt_dir))
+    extra = vision_overrides(cfg_json)
+    return int(extra.get("image_size", image_size_for(str(cfg_json["mm_vision_tower"]))))
+
+
 def read_config_json(ckpt_dir: Path) -> dict[str, Any]:
     path = ckpt_dir / "config.json"
     if not path.is_file():
@@ -174,7 +204,8 @@ def load_umt_encoder(
     """
     ckpt_dir = Path(ckpt_dir)
     cfg_json = read_config_json(ckpt_dir)
-    image_size = image_size_for(str(cfg_json["mm_vision_tower"]))
+    extra = vision_overrides(cfg_json)
+    image_size = int(extra.get("image_size", image_size_for(str(cfg_json["mm_vision_tower"]))))
     report = LoadReport(image_size=image_size)
     tensors = read_encoder_tensors(ckpt_dir, report)
     report.stored_dtypes = {t.dtype for t in tensors.values()}
@@ -182,7 +213,7 @@ def load_umt_encoder(
     import dataclasses
 
     base = dataclasses.replace(
-        base_config or UMTConfig(),
+        base_config or UMTConfig(**extra),
         image_size=image_size,
         num_frames=int(cfg_json.get("mm_local_num_frames", 4)),
     )

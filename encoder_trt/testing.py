@@ -95,6 +95,21 @@ def write_fake_checkpoint(
         "mm_projector_type": "tome16_mlp_hd64",
         "mm_local_num_frames": config.num_frames,
     }
+    defaults = UMTConfig()
+    overrides = {
+        key: getattr(config, key)
+        for key in (
+            "image_size",
+            "num_heads",
+            "pos_base_grid",
+            "mlp_ratio",
+            "ln_eps",
+            "final_ln_eps",
+        )
+        if getattr(config, key) != getattr(defaults, key)
+    }
+    if overrides:
+        cfg["fw_vision_config"] = overrides
     (ckpt_dir / "config.json").write_text(json.dumps(cfg, indent=2))
 
     if not sharded:

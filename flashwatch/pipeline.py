@@ -8,7 +8,6 @@ the encoder role is reported as not started rather than faked.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable
@@ -108,13 +107,12 @@ class StatusWriter:
 
 
 def model_image_size(model_dir: Path | None, default: int = 224) -> int:
-    """The encoder input S of a VideoChat-Flash directory (448 for umt-hd, else 224)."""
+    """The encoder input S that ingest must resize frames to."""
     if model_dir is None:
         return default
-    from encoder_trt.checkpoint import image_size_for
+    from encoder_trt.checkpoint import checkpoint_image_size
 
-    cfg = json.loads((model_dir / "config.json").read_text())
-    return image_size_for(str(cfg.get("mm_vision_tower", "")))
+    return checkpoint_image_size(model_dir)
 
 
 @dataclass
@@ -169,14 +167,19 @@ class Pipeline:
         if cfg.model_dir is None:
             self.skipped["encoder"] = "no model directory (set encoder.model_dir)"
             return
-        from encoder_trt.backends import create_backend
-        from encoder_trt.checkpoint import load_clip_encoder
+        from encoder_trt.artifacts import open_encoder
         from encoder_trt.worker import EncoderWorker
         from memory.codec import encode_tokens
         from memory.store import MemoryBackpressure, MemoryUnavailable
 
-        model, _ = load_clip_encoder(cfg.model_dir, device=cfg.device)
-        backend = create_backend(cfg.backend, model=model, device=cfg.device, dtype=cfg.dtype)
+        backend = open_encoder(
+            cfg.backend,
+            cfg.model_dir,
+            cfg.engine_cache_dir or settings.data_dir / "engines",
+            device=cfg.device,
+            dtype=cfg.dtype,
+            max_batch=cfg.max_batch,
+        )
         assert self.bus is not None
         bus = self.bus
         worker = EncoderWorker(

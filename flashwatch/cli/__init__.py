@@ -29,6 +29,9 @@ alerts_app = typer.Typer(no_args_is_help=True, help="Alerts.")
 token_app = typer.Typer(no_args_is_help=True, help="API tokens (acts on the local registry).")
 config_app = typer.Typer(no_args_is_help=True, help="Configuration.")
 db_app = typer.Typer(no_args_is_help=True, help="Registry database.")
+engine_app = typer.Typer(
+    no_args_is_help=True, help="Encoder artifacts: ONNX graph, TensorRT engine."
+)
 for sub, name in (
     (camera_app, "camera"),
     (rule_app, "rule"),
@@ -36,6 +39,7 @@ for sub, name in (
     (token_app, "token"),
     (config_app, "config"),
     (db_app, "db"),
+    (engine_app, "engine"),
 ):
     app.add_typer(sub, name=name)
 
@@ -181,6 +185,69 @@ def token_create(
         typer.echo(json.dumps(out))
     else:
         typer.echo(f"token {row.id} ({role}) for {name}; shown once, store it now:\n{token}")
+
+
+def _model_dir(settings: Settings, model_dir: Path | None) -> Path:
+    chosen = model_dir or settings.encoder.model_dir
+    if chosen is None:
+        typer.echo("no model directory: pass --model-dir or set encoder.model_dir", err=True)
+        raise typer.Exit(2)
+    return chosen
+
+
+def _cache_dir(settings: Settings) -> Path:
+    return settings.encoder.engine_cache_dir or settings.data_dir / "engines"
+
+
+ModelDirOpt = Annotated[
+    Path | None,
+    typer.Option("--model-dir", help="VideoChat-Flash checkpoint directory.", exists=True),
+]
+MaxBatchOpt = Annotated[int | None, typer.Option(help="Largest batch (default encoder.max_batch).")]
+
+
+@engine_app.command("export")
+def engine_export(
+    model_dir: ModelDirOpt = None,
+    max_batch: MaxBatchOpt = None,
+    force: Annotated[bool, typer.Option(help="Export even if cached.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Export UMT + ToMe to ONNX (dynamic batch 1..max) into the engine cache; print its path."""
+    from encoder_trt.artifacts import ensure_onnx
+
+    settings = settings_or_exit(config)
+    path = ensure_onnx(
+        _model_dir(settings, model_dir),
+        _cache_dir(settings),
+        max_batch or settings.encoder.max_batch,
+        force=force,
+    )
+    typer.echo(str(path))
+
+
+@engine_app.command("build")
+def engine_build(
+    model_dir: ModelDirOpt = None,
+    max_batch: MaxBatchOpt = None,
+    precision: Annotated[str, typer.Option(help="fp16 | bf16")] = "fp16",
+    config: ConfigOpt = None,
+) -> None:
+    """Build (or reuse) the TensorRT engine for this model, GPU and TensorRT version.
+
+    Needs the `trt` extra (tensorrt, pycuda) and a CUDA GPU."""
+    from encoder_trt.artifacts import ensure_onnx
+    from encoder_trt.trt_engine import build_engine
+
+    settings = settings_or_exit(config)
+    batch = max_batch or settings.encoder.max_batch
+    onnx = ensure_onnx(_model_dir(settings, model_dir), _cache_dir(settings), batch)
+    try:
+        engine = build_engine(onnx, _cache_dir(settings), precision=precision, max_batch=batch)
+    except (ImportError, RuntimeError, ValueError) as exc:
+        typer.echo(f"cannot build a TensorRT engine: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(str(engine))
 
 
 # ---------------------------------------------------------------- API clients
