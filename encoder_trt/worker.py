@@ -7,7 +7,8 @@ and pauses with a capped backoff; nothing is committed, so nothing is lost. Pois
 messages (unknown schema version, truncated payload, undecodable JPEG) go to the
 dead-letter callback with the reason and are committed past, so they cannot crash-loop.
 
-The worker knows the memory only through its protocol (`put_many`), never Redis keys.
+A batch that does not fit in GPU memory is split in halves and retried. The worker knows
+the memory only through its protocol (`put_many`), never Redis keys.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from encoder_trt.backends import ClipEncoder
 from encoder_trt.preprocess import decode_jpeg, normalise
@@ -56,9 +58,42 @@ class WorkerStats:
     batches: int = 0
     dead_letters: int = 0
     backpressure_pauses: int = 0
+    oom_splits: int = 0
     encode_seconds: float = 0.0
     last_error: str | None = None
     batch_sizes: list[int] = field(default_factory=list)
+
+
+class EncoderMetrics:
+    """Prometheus collectors of the encoder role (registered on the given registry)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.clips = Counter("fw_encoder_clips_total", "Clips encoded.", registry=registry)
+        self.batch = Histogram(
+            "fw_encoder_batch_size",
+            "Clips per encoder call.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "fw_encoder_batch_seconds", "Encoder call latency.", registry=registry
+        )
+        self.dead_letters = Counter(
+            "fw_encoder_dead_letters_total", "Clips sent to the dead letter.", registry=registry
+        )
+        self.backpressure = Counter(
+            "fw_encoder_backpressure_total",
+            "Batches the memory refused (paused, not committed).",
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "fw_encoder_queue_depth", "Clips waiting on the bus for the encoder.", registry=registry
+        )
+
+    def observe(self, clips: int, seconds: float) -> None:
+        self.clips.inc(clips)
+        self.batch.observe(clips)
+        self.latency.observe(seconds)
 
 
 class EncoderWorker:
@@ -77,6 +112,8 @@ class EncoderWorker:
         dead_letter: DeadLetter | None = None,
         retryable: tuple[type[BaseException], ...] = (),
         backoff_max_s: float = 10.0,
+        metrics: EncoderMetrics | None = None,
+        queue_depth: Callable[[], int] | None = None,
     ) -> None:
         self.consumer, self.encoder, self.store = consumer, encoder, store
         self.quantise, self.token_dtype = quantise, token_dtype
@@ -84,6 +121,8 @@ class EncoderWorker:
         self.dead_letter = dead_letter
         self.retryable = retryable
         self.backoff_max_s = backoff_max_s
+        self.metrics = metrics
+        self.queue_depth = queue_depth
         self.stats = WorkerStats()
         self._pause_s = 0.0
         self.size = encoder.config.image_size
@@ -91,6 +130,8 @@ class EncoderWorker:
     def step(self) -> int:
         """One batch. Returns the number of clips written (0 when idle or paused)."""
         records = list(self.consumer.poll(self.max_batch, self.batch_timeout_s))
+        if self.metrics is not None and self.queue_depth is not None:
+            self.metrics.queue_depth.set(self.queue_depth())
         if not records:
             return 0
         clips: list[Clip] = []
@@ -100,6 +141,8 @@ class EncoderWorker:
                 clip, px = self._prepare(rec.value)
             except (MessageError, ValueError) as exc:
                 self.stats.dead_letters += 1
+                if self.metrics is not None:
+                    self.metrics.dead_letters.inc()
                 reason = f"{type(exc).__name__}: {exc}"[:500]
                 log.warning("clip sent to dead letter: %s", reason)
                 if self.dead_letter is not None:
@@ -109,9 +152,11 @@ class EncoderWorker:
             pixels.append(px)
         if clips:
             t0 = time.perf_counter()
-            with torch.inference_mode():
-                tokens = self.encoder.encode(torch.stack(pixels))  # (B, 64, C)
-            self.stats.encode_seconds += time.perf_counter() - t0
+            tokens = self._encode(torch.stack(pixels))  # (B, 64, C)
+            elapsed = time.perf_counter() - t0
+            self.stats.encode_seconds += elapsed
+            if self.metrics is not None:
+                self.metrics.observe(len(clips), elapsed)
             out = [
                 self.quantise(
                     tokens[i].float().numpy(),
@@ -128,6 +173,8 @@ class EncoderWorker:
                 self.store.put_many(out)
             except self.retryable as exc:
                 self._pause(exc)
+                if self.metrics is not None:
+                    self.metrics.backpressure.inc()
                 return 0
         self.consumer.commit(records)
         self._pause_s = 0.0
@@ -147,6 +194,19 @@ class EncoderWorker:
                 self._pause(exc)
             if self._pause_s:
                 stop.wait(self._pause_s)
+
+    def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Encode a batch; on CUDA out-of-memory split it in halves instead of failing."""
+        try:
+            with torch.inference_mode():
+                return self.encoder.encode(pixels)
+        except torch.OutOfMemoryError:
+            if pixels.shape[0] == 1:
+                raise
+            self.stats.oom_splits += 1
+            torch.cuda.empty_cache()
+            half = pixels.shape[0] // 2
+            return torch.cat([self._encode(pixels[:half]), self._encode(pixels[half:])])
 
     def _prepare(self, payload: bytes) -> tuple[Clip, torch.Tensor]:
         clip = decode(payload, Clip)

@@ -120,12 +120,41 @@ class QueryRequest(_Message, kw_only=True):
     max_new_tokens: Annotated[int, msgspec.Meta(ge=1, le=2048)] = 128
 
 
+class AnswerTime(msgspec.Struct, kw_only=True):
+    """A time the answer mentions ("at 42 seconds"): its text, the offset the model meant (s
+    from the start of the video it saw) and the wall-clock time that offset maps to."""
+
+    text: str
+    offset_s: float
+    t: Timestamp
+    camera_id: NonNegInt = 0
+
+
+class EvidenceClip(msgspec.Struct, kw_only=True):
+    """A clip the model attended to most (start time; fetch its thumbnail from memory)."""
+
+    camera_id: NonNegInt
+    level: Level = 0
+    t: Timestamp
+    weight: float = 0.0  # share of the text-guided attention the clip received
+
+
 class QueryAnswer(_Message, kw_only=True):
     answer: str
     evidence: list[Timestamp] = msgspec.field(default_factory=list)
     level: Level = 0
     frames: NonNegInt = 0
     latency_s: float = 0.0
+    # Optional detail (reasoner issue 6); all default to empty so older producers decode.
+    strategy: str = ""  # pyramid | zoom | sparse
+    duration_s: float = 0.0  # duration stated in the timestamp sentence (first camera)
+    times: list[AnswerTime] = msgspec.field(default_factory=list)
+    evidence_clips: list[EvidenceClip] = msgspec.field(default_factory=list)
+    timings: dict[str, float] = msgspec.field(default_factory=dict)  # plan/fetch/prefill/...
+    tokens_visual: NonNegInt = 0  # visual tokens in the prompt
+    tokens_kept: NonNegInt = 0  # visual tokens left after the last drop stage
+    scan_windows: NonNegInt = 0  # zoom: windows scored for relevance
+    scan_frames: NonNegInt = 0  # zoom: frames read by the relevance scan
 
 
 class RuleQuestion(msgspec.Struct, kw_only=True):
@@ -146,12 +175,15 @@ class RuleScore(msgspec.Struct, kw_only=True):
     rule_id: NonNegInt
     p_yes: Probability
     answer: str = ""
+    evidence: list[Timestamp] = msgspec.field(default_factory=list)  # most-attended clip starts
 
 
 class ScoreAnswer(_Message, kw_only=True):
     scores: list[RuleScore]
     frames: NonNegInt = 0
     latency_s: float = 0.0
+    timings: dict[str, float] = msgspec.field(default_factory=dict)  # fetch/project/score/...
+    tokens_visual: NonNegInt = 0
 
 
 def clip_key(camera_id: int, level: int, t0: float) -> tuple[int, int, int]:
@@ -201,9 +233,11 @@ __all__ = [
     "SCHEMA_VERSION",
     "TOKENS_PER_CLIP",
     "AlertEvent",
+    "AnswerTime",
     "CameraWindow",
     "Clip",
     "ClipTokens",
+    "EvidenceClip",
     "MalformedMessageError",
     "MessageError",
     "QueryAnswer",

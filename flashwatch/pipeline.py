@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -127,11 +128,13 @@ class Pipeline:
     encoder_worker: Any = None
     started: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    metrics: CollectorRegistry = field(default_factory=CollectorRegistry)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
     def start(self) -> None:
         settings = self.state.settings
+        self.state.metrics_registries.append(self.metrics)
         if {"ingest", "encoder", "api", "alerts", "reasoner"} & set(self.roles):
             self._start_memory(settings)
         if {"ingest", "encoder"} & set(self.roles):
@@ -168,7 +171,7 @@ class Pipeline:
             self.skipped["encoder"] = "no model directory (set encoder.model_dir)"
             return
         from encoder_trt.artifacts import open_encoder
-        from encoder_trt.worker import EncoderWorker
+        from encoder_trt.worker import EncoderMetrics, EncoderWorker
         from memory.codec import encode_tokens
         from memory.store import MemoryBackpressure, MemoryUnavailable
 
@@ -194,6 +197,12 @@ class Pipeline:
                 settings.bus.dead_letter_topic, payload, key=reason.encode()[:200]
             ),
             retryable=(MemoryBackpressure, MemoryUnavailable),
+            metrics=EncoderMetrics(self.metrics),
+            queue_depth=(
+                (lambda: bus.lag(settings.bus.clips_topic, "encoder"))
+                if isinstance(bus, InProcessBus)
+                else None  # Kafka lag comes from the broker's tooling (tansu misreports it)
+            ),
         )
         self.encoder_worker = worker
         self._spawn("encoder", lambda: worker.run(self._stop))

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -39,6 +40,7 @@ class AppState:
     reasoner: Reasoner | None = None
     memory: CameraMemory | None = None
     ready_checks: dict[str, Callable[[], bool]] = field(default_factory=dict)
+    metrics_registries: list[CollectorRegistry] = field(default_factory=list)
     query_slots: threading.BoundedSemaphore = field(init=False)
 
     def __post_init__(self) -> None:

@@ -52,5 +52,6 @@ def metrics(request: Request, state: StateDep) -> Response:
     """Prometheus metrics; needs a token unless api.metrics_public is set."""
     if not state.settings.api.metrics_public:
         authenticate(state, bearer_from(request))
-    body = generate_latest(request.app.state.metrics.registry)
+    registries = [request.app.state.metrics.registry, *state.metrics_registries]
+    body = b"".join(generate_latest(r) for r in registries)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -160,3 +160,86 @@ class ApiToken(SQLModel, table=True):
 
 ROLES = ("viewer", "operator", "admin")
 CAMERA_STATES = ("pending", "connecting", "online", "offline", "auth_failed", "error", "disabled")
+
+
+# ------------------------------------------------------------------------------ alerts state
+# Written by the alerts component (migration 0002). Window times are UNIX seconds (floats):
+# the scheduler aligns them arithmetically to step boundaries, and they match memory's clip
+# times exactly; wall-clock times stay timezone-aware UTC like everywhere else.
+
+
+def _rule_fk() -> Any:
+    return sa.Column(sa.Integer, sa.ForeignKey("rule.id", ondelete="CASCADE"), primary_key=True)
+
+
+def _camera_fk() -> Any:
+    return sa.Column(sa.Integer, sa.ForeignKey("camera.id", ondelete="CASCADE"), primary_key=True)
+
+
+class AlertRuleState(SQLModel, table=True):
+    """Evaluation state of one (rule, camera): where it got to, its recent pass/fail results
+    and its cooldown, so a restarted scheduler resumes without losing or repeating alerts."""
+
+    __tablename__ = "alert_rule_state"
+
+    rule_id: int = Field(sa_column=_rule_fk())
+    camera_id: int = Field(sa_column=_camera_fk())
+    last_end: float | None = None
+    history: list[bool] = Field(default_factory=list, sa_type=sa.JSON)
+    last_fired_end: float | None = None
+    cooldown_until: float | None = None
+    last_p_yes: float | None = None
+    evaluations: int = 0
+    skipped: int = 0
+    last_skip_end: float | None = None
+    last_skip_reason: str | None = Field(default=None, max_length=200)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class AlertDelivery(SQLModel, table=True):
+    """Outbox: one row per (alert, sink), written in the alert's transaction and drained by
+    the delivery worker, so a crash between the two never loses a notification."""
+
+    __tablename__ = "alert_delivery"
+    __table_args__ = (
+        sa.UniqueConstraint("alert_id", "sink_index", name="uq_alert_delivery_sink"),
+        sa.Index("ix_alert_delivery_due", "status", "next_attempt_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    alert_id: int = Field(
+        sa_column=sa.Column(
+            sa.Integer, sa.ForeignKey("alert.id", ondelete="CASCADE"), nullable=False, index=True
+        )
+    )
+    sink_index: int = 0
+    sink_type: str = Field(max_length=8)
+    target: str = Field(max_length=2048, description="Webhook URL or topic, fixed at firing.")
+    status: str = Field(default="pending", max_length=10)
+    attempts: int = 0
+    next_attempt_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    last_error: str | None = Field(default=None, max_length=500)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    delivered_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class AlertBackfill(SQLModel, table=True):
+    """Progress of a rule's backfill over one camera's stored history (resumable)."""
+
+    __tablename__ = "alert_backfill"
+
+    rule_id: int = Field(sa_column=_rule_fk())
+    camera_id: int = Field(sa_column=_camera_fk())
+    t_from: float
+    t_to: float
+    next_end: float
+    status: str = Field(default="pending", max_length=10)
+    windows_total: int = 0
+    windows_done: int = 0
+    skipped: int = 0
+    alerts: int = 0
+    history: list[bool] = Field(default_factory=list, sa_type=sa.JSON)
+    cooldown_until: float | None = None
+    last_error: str | None = Field(default=None, max_length=500)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

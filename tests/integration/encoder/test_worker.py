@@ -125,3 +125,54 @@ def test_m2_noeviction_pauses_without_commit_then_loses_nothing(encoder: object)
         store.close()
     finally:
         server.stop()
+
+
+class SimulatedOomEncoder:
+    """Wraps the real tiny encoder and raises torch.OutOfMemoryError for batches over 2:
+    CUDA out-of-memory cannot happen on this CPU-only machine, so it is simulated."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.config = inner.config  # type: ignore[attr-defined]
+        self.name = "simulated-oom"
+        self.calls: list[int] = []
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        self.calls.append(pixels.shape[0])
+        if pixels.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.inner.encode(pixels)  # type: ignore[attr-defined,no-any-return]
+
+
+def test_simulated_cuda_oom_splits_the_batch_and_metrics_count(
+    encoder: object, tmp_path: Path
+) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from encoder_trt.worker import EncoderMetrics
+
+    bus = InProcessBus()
+    store = SqliteStore(tmp_path / "memory.db", [6.0])
+    oom = SimulatedOomEncoder(encoder)
+    registry = CollectorRegistry()
+    worker = EncoderWorker(
+        bus.consumer("fw.clips", "encoder"),
+        oom,  # type: ignore[arg-type]
+        store,
+        quantise=encode_tokens,
+        max_batch=8,
+        batch_timeout_s=0.01,
+        metrics=EncoderMetrics(registry),
+        queue_depth=lambda: bus.lag("fw.clips", "encoder"),
+    )
+    for i in range(8):
+        bus.publish("fw.clips", encode(clip(9, i)))
+    assert worker.step() == 8
+    assert (
+        oom.calls[0] == 8 and max(oom.calls[1:]) <= 2 and sum(c for c in oom.calls if c <= 2) == 8
+    )
+    assert worker.stats.oom_splits >= 3
+    assert len(store.range(9, 0, T0, T0 + 1000)) == 8
+    text = generate_latest(registry).decode()
+    assert "fw_encoder_clips_total 8.0" in text and "fw_encoder_batch_size_count 1.0" in text
+    store.close()
