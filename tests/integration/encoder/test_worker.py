@@ -168,10 +168,8 @@ def test_simulated_cuda_oom_splits_the_batch_and_metrics_count(
     for i in range(8):
         bus.publish("fw.clips", encode(clip(9, i)))
     assert worker.step() == 8
-    assert (
-        oom.calls[0] == 8 and max(oom.calls[1:]) <= 2 and sum(c for c in oom.calls if c <= 2) == 8
-    )
-    assert worker.stats.oom_splits >= 3
+    assert oom.calls == [8, 4, 2, 2, 4, 2, 2]  # halves until a batch fits
+    assert worker.stats.oom_splits == 3
     assert len(store.range(9, 0, T0, T0 + 1000)) == 8
     text = generate_latest(registry).decode()
     assert "fw_encoder_clips_total 8.0" in text and "fw_encoder_batch_size_count 1.0" in text
