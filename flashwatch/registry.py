@@ -24,7 +24,7 @@ from flashwatch.api.schemas import (
     RuleUpdate,
     check_rule_consistency,
 )
-from flashwatch.config import AlertsConfig, IngestConfig
+from flashwatch.config import AlertsConfig
 from flashwatch.db.models import ApiToken, Camera, CameraCredential, Rule
 from flashwatch.security import (
     WEBHOOK_HINTS,
@@ -35,16 +35,6 @@ from flashwatch.security import (
     validate_camera_url,
     validate_webhook_url,
 )
-
-
-def camera_policy(cfg: IngestConfig) -> NetworkPolicy:
-    return NetworkPolicy(
-        allow_loopback=cfg.allow_loopback,
-        allow_private=cfg.allow_private,
-        allow_link_local=cfg.allow_link_local,
-        allowed_networks=tuple(cfg.camera_networks),
-        allow_file=cfg.allow_file_sources,
-    )
 
 
 def webhook_policy(cfg: AlertsConfig) -> NetworkPolicy:

@@ -20,7 +20,11 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import quote, quote_plus, unquote, unquote_plus, urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    from flashwatch.config import IngestConfig
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -192,6 +196,17 @@ def _parse_host(host: str) -> tuple[str, IPAddress | None]:
         if len(label) > 63 or not set(label) <= _LDH or label[0] == "-" or label[-1] == "-":
             raise UrlPolicyError("host name may only hold letters, digits, '-' and dots")
     return ".".join(labels), None
+
+
+def camera_policy(cfg: IngestConfig) -> NetworkPolicy:
+    """The camera address policy of an `IngestConfig` (the API and ingest must agree)."""
+    return NetworkPolicy(
+        allow_loopback=cfg.allow_loopback,
+        allow_private=cfg.allow_private,
+        allow_link_local=cfg.allow_link_local,
+        allowed_networks=tuple(cfg.camera_networks),
+        allow_file=cfg.allow_file_sources,
+    )
 
 
 def normalise_host(host: str) -> IPAddress | None:

@@ -26,6 +26,7 @@ from flashwatch.api.schemas import (
     CameraUpdate,
 )
 from flashwatch.db.models import Camera
+from flashwatch.security import camera_policy
 
 router = APIRouter(
     prefix="/v1/cameras",
@@ -46,7 +47,7 @@ def _get(session: Session, camera_id: int) -> Camera:
 def create_camera(
     body: CameraCreate, session: SessionDep, state: StateDep, _: OperatorDep
 ) -> CameraPublic:
-    cam = registry.create_camera(session, body, registry.camera_policy(state.settings.ingest))
+    cam = registry.create_camera(session, body, camera_policy(state.settings.ingest))
     assert cam.id is not None
     return registry.camera_public(cam, registry.has_credentials(session, cam.id))
 
@@ -88,7 +89,7 @@ def update_camera(
     camera_id: IdPath, body: CameraUpdate, session: SessionDep, state: StateDep, _: OperatorDep
 ) -> CameraPublic:
     cam = _get(session, camera_id)
-    cam = registry.update_camera(session, cam, body, registry.camera_policy(state.settings.ingest))
+    cam = registry.update_camera(session, cam, body, camera_policy(state.settings.ingest))
     return registry.camera_public(cam, registry.has_credentials(session, camera_id))
 
 
