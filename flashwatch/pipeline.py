@@ -135,7 +135,7 @@ class Pipeline:
     def start(self) -> None:
         settings = self.state.settings
         self.state.metrics_registries.append(self.metrics)
-        if {"ingest", "encoder", "api", "alerts", "reasoner"} & set(self.roles):
+        if {"encoder", "api", "alerts", "reasoner"} & set(self.roles):  # ingest needs none
             self._start_memory(settings)
         if {"ingest", "encoder"} & set(self.roles):
             self.bus = make_bus(settings)

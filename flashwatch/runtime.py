@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import threading
 from pathlib import Path
 
 import uvicorn
@@ -70,7 +69,7 @@ def serve(settings: Settings, roles: tuple[str, ...] = ROLES) -> None:
     from flashwatch.pipeline import Pipeline
 
     state = build_state(settings)
-    token_file = ensure_admin_token(state)
+    token_file = ensure_admin_token(state) if "api" in roles else None
     if token_file is not None:
         log.warning(
             "created an admin API token; it is in %s (readable by this user only)", token_file
@@ -78,34 +77,31 @@ def serve(settings: Settings, roles: tuple[str, ...] = ROLES) -> None:
     pipeline = Pipeline(state, roles)
     pipeline.start()
     try:
-        if "api" in roles:
-            log.info(
-                "API on http://%s:%d/v1 (data in %s)",
-                settings.api.host,
-                settings.api.port,
-                settings.data_dir,
-            )
-            uvicorn.run(
-                create_app(state),
-                host=settings.api.host,
-                port=settings.api.port,
-                log_config=None,
-                access_log=False,
-                server_header=False,
-            )
-        elif pipeline.started:
-            _wait_for_signal()
-        else:
+        if "api" not in roles and not set(roles) & set(pipeline.started):
             log.error(
                 "nothing to run: %s", "; ".join(f"{r}: {w}" for r, w in pipeline.skipped.items())
             )
             raise SystemExit(3)
+        what = "API" if "api" in roles else "health/metrics"
+        log.info(
+            "%s on http://%s:%d/v1 (data in %s)",
+            what,
+            settings.api.host,
+            settings.api.port,
+            settings.data_dir,
+        )
+        # uvicorn returns on SIGINT/SIGTERM and then re-raises the signal to the handler that
+        # was installed before it: make that a no-op so `finally` drains the pipeline and the
+        # process exits 0 instead of dying by the signal.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: None)
+        uvicorn.run(
+            create_app(state, public_api="api" in roles),
+            host=settings.api.host,
+            port=settings.api.port,
+            log_config=None,
+            access_log=False,
+            server_header=False,
+        )
     finally:
         pipeline.stop()
-
-
-def _wait_for_signal() -> None:
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()

@@ -22,7 +22,9 @@ standing natural-language rules on it. Every route except `/v1/health` and `/v1/
 needs `Authorization: Bearer <token>`; roles are viewer < operator < admin."""
 
 
-def create_app(state: AppState) -> FastAPI:
+def create_app(state: AppState, *, public_api: bool = True) -> FastAPI:
+    """The API app; with `public_api=False` only health, readiness and metrics (the probe
+    and scrape endpoints of a role process that serves no users: ingest, encoder, ...)."""
     app = FastAPI(
         title="FlashWatch",
         version=__version__,
@@ -34,14 +36,10 @@ def create_app(state: AppState) -> FastAPI:
     app.state.fw = state
     app.state.metrics = ApiMetrics()
     install_error_handlers(app)
-    for module in (
-        routes_system,
-        routes_cameras,
-        routes_rules,
-        routes_alerts,
-        routes_queries,
-        routes_tokens,
-    ):
+    modules = [routes_system]
+    if public_api:
+        modules += [routes_cameras, routes_rules, routes_alerts, routes_queries, routes_tokens]
+    for module in modules:
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=state.settings.api.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)

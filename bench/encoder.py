@@ -6,7 +6,7 @@ tower repeats 23 times). Also reports ToMe's share of the torch time (ToMe timed
 Timings are best-of-3 rounds because development machines are shared; compare only numbers from
 one run.
 
-    python bench/encoder_cpu.py --threads 2 --iters 5
+    python bench/encoder.py --threads 2 --iters 5
 """
 
 from __future__ import annotations

@@ -1,0 +1,86 @@
+"""Role processes (`flashwatch run <role>`): probes, metrics, and a clean drain on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from encoder_trt.testing import tiny_config, write_fake_checkpoint
+from tests.services import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def start_role(role: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "flashwatch.cli", "run", role],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_ready(base: str, proc: subprocess.Popen[str], timeout: float = 60) -> httpx.Response:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        try:
+            resp = httpx.get(base + "/v1/ready", timeout=1)
+            if resp.status_code == 200:
+                return resp
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("role never became ready")
+
+
+def test_encoder_role_serves_probes_and_drains_on_sigterm(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    ckpt = tmp_path / "model"
+    write_fake_checkpoint(ckpt, tiny_config())
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FW_")}
+    env |= {
+        "FW_DATA_DIR": str(tmp_path),
+        "FW_API__PORT": str(port),
+        "FW_API__METRICS_PUBLIC": "true",
+        "FW_BUS__KIND": "kafka",
+        "FW_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "FW_ENCODER__MODEL_DIR": str(ckpt),
+    }
+    proc = start_role("encoder", env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        ready = wait_ready(base, proc)
+        assert ready.json()["checks"] == {"db": True, "memory": True}
+        metrics = httpx.get(base + "/metrics", timeout=5).text
+        assert "fw_encoder_clips_total" in metrics
+        # The role serves no user API.
+        assert httpx.get(base + "/v1/cameras", timeout=5).status_code == 404
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+        assert time.monotonic() - t0 < 20
+        assert "Traceback" not in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_role_with_nothing_to_run_exits_3(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FW_")}
+    env |= {"FW_DATA_DIR": str(tmp_path), "FW_API__PORT": str(free_port())}
+    proc = start_role("encoder", env)  # no model directory
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 3 and "no model directory" in out
