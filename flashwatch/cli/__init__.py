@@ -255,6 +255,15 @@ def engine_build(
 http.register(app, camera_app, rule_app, alerts_app, emit)
 
 
+def _mount_synth() -> None:
+    from ingest.synth.cli import synth_app
+
+    app.add_typer(synth_app, name="synth", help="Synthetic camera footage with ground truth.")
+
+
+_mount_synth()
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
