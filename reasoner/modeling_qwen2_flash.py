@@ -656,6 +656,32 @@ class Qwen2FlashForCausalLM(nn.Module):
                 out.append(RuleScore(p_yes[b], [*shared, *own]))
         return out
 
+    @torch.no_grad()
+    def score_prompts(
+        self,
+        inputs_embeds: Tensor,
+        visual_spans: Span | Sequence[Span] | None,
+        yes_id: int,
+        no_id: int,
+    ) -> list[RuleScore]:
+        """P(yes) for B whole prompts (B, L, D) that share one layout (same visual spans, same
+        length; e.g. zoom windows of equal size with the same text), as one batch.
+
+        Each row drops its own visual tokens (attention stages score each row's own last
+        token), exactly as B separate `prefill` calls would; no cache is kept.
+        """
+        b, length, _ = inputs_embeds.shape
+        spans = normalize_spans(visual_spans)
+        one = self._drop_state(spans, length, inputs_embeds.device, None)
+        last = torch.full((b,), length - 1, device=inputs_embeds.device)
+        state = one.expand(last) if one is not None else None
+        layers = range(self.cfg.num_hidden_layers)
+        hidden = self._run_layers(inputs_embeds, layers, None, None, state)
+        last = state.last if state is not None else last
+        logits = self.logits_of(hidden[torch.arange(b, device=hidden.device), last])  # (B, V)
+        p_yes = logits[:, [yes_id, no_id]].softmax(-1)[:, 0].tolist()
+        return [RuleScore(p_yes[i], state.stages[i] if state else []) for i in range(b)]
+
 
 @dataclass
 class RuleScore:
