@@ -239,6 +239,9 @@ class ReasonerConfig(Section):
     )
     max_new_tokens: int = Field(128, ge=1, le=2048, description="Answer length cap.")
     timeout_s: float = Field(60.0, gt=0, le=600, description="Remote reasoner call timeout.")
+    service_token: SecretStr | None = Field(
+        None, description="Bearer token between the API/alerts roles and the reasoner service."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ReasonerConfig:
@@ -275,6 +278,10 @@ class AlertsConfig(Section):
     webhook_allow_private: bool = Field(
         False, description="Allow webhook targets on private or loopback addresses."
     )
+    mqtt_host: str | None = Field(
+        None, max_length=255, description="MQTT broker for mqtt sinks (none: mqtt sinks off)."
+    )
+    mqtt_port: int = Field(1883, ge=1, le=65535, description="MQTT broker port.")
 
     @model_validator(mode="after")
     def _check(self) -> AlertsConfig:

@@ -126,6 +126,9 @@ class Pipeline:
     store: Any = None
     supervisor: Any = None
     encoder_worker: Any = None
+    reasoner_service: Any = None
+    alert_scheduler: Any = None
+    delivery: Any = None
     started: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     metrics: CollectorRegistry = field(default_factory=CollectorRegistry)
@@ -147,9 +150,10 @@ class Pipeline:
                 self.skipped["ingest"] = "no encoder in this process to consume clips"
             else:
                 self._start_ingest(settings)
-        for role in ("reasoner", "alerts"):
-            if role in self.roles:
-                self.skipped[role] = "not built yet"
+        if {"reasoner", "api", "alerts"} & set(self.roles):
+            self._start_reasoner(settings)
+        if "alerts" in self.roles:
+            self._start_alerts(settings)
         if self.skipped:
             log.info(
                 "not started: %s",
@@ -208,6 +212,65 @@ class Pipeline:
         self._spawn("encoder", lambda: worker.run(self._stop))
         self.started.append("encoder")
 
+    def _start_reasoner(self, settings: Settings) -> None:
+        """A remote reasoner client when reasoner.url is set, else a local model if this
+        process runs the reasoner role (or serves everything, as `serve` does)."""
+        cfg = settings.reasoner
+        token = cfg.service_token.get_secret_value() if cfg.service_token else None
+        if cfg.url and "reasoner" not in self.roles:
+            from reasoner.service import HttpReasoner
+
+            self.state.reasoner = HttpReasoner(cfg.url, timeout_s=cfg.timeout_s, token=token)
+            self.started.append("reasoner-client")
+            return
+        if "reasoner" not in self.roles:
+            return
+        model_dir = cfg.model_dir or settings.encoder.model_dir
+        if model_dir is None:
+            self.skipped["reasoner"] = "no model directory (set reasoner.model_dir)"
+            return
+        from reasoner.engine import LocalReasoner
+        from reasoner.scheduler import EngineService
+
+        local = LocalReasoner.from_config(
+            cfg.model_copy(update={"model_dir": model_dir}),
+            self.store,
+            s0=settings.ingest.level0_interval_s,
+        )
+        self.reasoner_service = EngineService(local)
+        self.state.reasoner = self.reasoner_service
+        self.started.append("reasoner")
+
+    def _start_alerts(self, settings: Settings) -> None:
+        if self.state.reasoner is None:
+            self.skipped["alerts"] = "no reasoner (local model or reasoner.url) to score rules"
+            return
+        from alerts import (
+            AlertMetrics,
+            AlertScheduler,
+            DeliveryWorker,
+            build_sinks,
+            delivery_config,
+        )
+
+        cfg = settings.alerts
+        metrics = AlertMetrics()
+        self.state.metrics_registries.append(metrics.registry)
+        self.alert_scheduler = AlertScheduler(
+            self.state.engine, self.store, self.state.reasoner, metrics=metrics
+        )
+        sinks = build_sinks(
+            cfg,
+            kafka_bootstrap=settings.bus.kafka_bootstrap if settings.bus.kind == "kafka" else None,
+            mqtt=(cfg.mqtt_host, cfg.mqtt_port) if cfg.mqtt_host else None,
+        )
+        self.delivery = DeliveryWorker(
+            self.state.engine, sinks, config=delivery_config(cfg), metrics=metrics
+        )
+        self.alert_scheduler.start()
+        self.delivery.start()
+        self.started.append("alerts")
+
     def _start_ingest(self, settings: Settings) -> None:
         from ingest import Supervisor, WorkerSettings, clip_publisher
 
@@ -250,10 +313,20 @@ class Pipeline:
         self._threads.append(thread)
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        """Ingest first (no new clips), then the encoder drains, then memory closes."""
+        """Ingest first (no new clips), then the encoder drains, alerts finish their pass
+        and deliveries in flight, the reasoner stops, then memory closes."""
         if self.supervisor is not None:
             self.supervisor.stop()
         self._stop.set()
+        if self.alert_scheduler is not None:
+            self.alert_scheduler.stop()
+        if self.delivery is not None:
+            self.delivery.stop()
+        if self.reasoner_service is not None:
+            self.reasoner_service.close()
+        closer = getattr(self.state.reasoner, "close", None)
+        if closer is not None and self.reasoner_service is None:
+            closer()
         for thread in self._threads:
             thread.join(timeout_s)
         if self.bus is not None:

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from sqlmodel import Session, select
@@ -21,6 +22,7 @@ from flashwatch.api.deps import AppState
 from flashwatch.config import Settings
 from flashwatch.db.engine import create_db_engine, upgrade
 from flashwatch.db.models import ApiToken
+from flashwatch.pipeline import Pipeline
 
 log = logging.getLogger("flashwatch")
 ROLES = ("api", "ingest", "encoder", "reasoner", "alerts")
@@ -66,8 +68,6 @@ def ensure_admin_token(state: AppState) -> Path | None:
 
 def serve(settings: Settings, roles: tuple[str, ...] = ROLES) -> None:
     """Run the given roles in this process until SIGINT/SIGTERM, then stop them in order."""
-    from flashwatch.pipeline import Pipeline
-
     state = build_state(settings)
     token_file = ensure_admin_token(state) if "api" in roles else None
     if token_file is not None:
@@ -96,7 +96,7 @@ def serve(settings: Settings, roles: tuple[str, ...] = ROLES) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: None)
         uvicorn.run(
-            create_app(state, public_api="api" in roles),
+            _role_app(state, pipeline, roles),
             host=settings.api.host,
             port=settings.api.port,
             log_config=None,
@@ -105,3 +105,22 @@ def serve(settings: Settings, roles: tuple[str, ...] = ROLES) -> None:
         )
     finally:
         pipeline.stop()
+
+
+def _role_app(state: AppState, pipeline: Pipeline, roles: tuple[str, ...]) -> Any:
+    """The HTTP app of this process: the user API, the reasoner service, or just probes."""
+    if "api" in roles:
+        return create_app(state)
+    if "reasoner" in roles and pipeline.reasoner_service is not None:
+        from reasoner.service import create_app as reasoner_app
+
+        cfg = state.settings.reasoner
+        token = cfg.service_token.get_secret_value() if cfg.service_token else None
+        app = reasoner_app(pipeline.reasoner_service, token=token)
+        probes = create_app(state, public_api=False)
+        for route in probes.routes:
+            if getattr(route, "path", "") in ("/v1/ready", "/metrics"):
+                app.router.routes.append(route)
+        app.state.fw, app.state.metrics = probes.state.fw, probes.state.metrics
+        return app
+    return create_app(state, public_api=False)

@@ -41,6 +41,10 @@ def create_app(state: AppState, *, public_api: bool = True) -> FastAPI:
         modules += [routes_cameras, routes_rules, routes_alerts, routes_queries, routes_tokens]
     for module in modules:
         app.include_router(module.router)
+    if public_api:
+        from alerts.api import router as alerts_router
+
+        app.include_router(alerts_router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=state.settings.api.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app

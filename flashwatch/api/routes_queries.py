@@ -15,7 +15,7 @@ from sqlmodel import col, select
 
 from flashwatch.api.deps import SessionDep, StateDep, ViewerDep, reject_unknown_query
 from flashwatch.api.errors import ApiError, field_error, responses
-from flashwatch.api.schemas import QueryCreate, QueryResult
+from flashwatch.api.schemas import AnswerTimePublic, QueryCreate, QueryResult
 from flashwatch.db.models import Camera
 from flashwatch.messages import CameraWindow, QueryRequest
 from flashwatch.protocols import ReasonerBusy
@@ -71,6 +71,8 @@ async def ask(body: QueryCreate, session: SessionDep, state: StateDep, _: Viewer
             strategy=body.strategy,
         )
         answer = await run_in_threadpool(state.reasoner.query, request)
+    except LookupError as exc:  # the reasoner's NoFootage: nothing stored in the range
+        raise ApiError(404, "no_footage", str(exc) or "no footage in that range") from None
     except ReasonerBusy as exc:
         raise ApiError(
             429,
@@ -82,8 +84,19 @@ async def ask(body: QueryCreate, session: SessionDep, state: StateDep, _: Viewer
         state.query_slots.release()
     return QueryResult(
         answer=answer.answer,
+        times=[
+            AnswerTimePublic(
+                text=t.text, at=datetime.fromtimestamp(t.t, UTC), camera_id=t.camera_id
+            )
+            for t in answer.times
+        ],
         evidence=[datetime.fromtimestamp(t, UTC) for t in answer.evidence],
+        strategy=answer.strategy,
         level=answer.level,
         frames=answer.frames,
+        duration_s=answer.duration_s,
+        tokens_visual=answer.tokens_visual,
+        tokens_kept=answer.tokens_kept,
+        timings=answer.timings,
         latency_s=answer.latency_s,
     )

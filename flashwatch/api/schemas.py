@@ -317,11 +317,23 @@ class QueryCreate(StrictModel):
         return v
 
 
+class AnswerTimePublic(BaseModel):
+    text: str = Field(description="The time as the answer wrote it.")
+    at: datetime = Field(description="That moment in wall-clock time.")
+    camera_id: int
+
+
 class QueryResult(BaseModel):
     answer: str
-    evidence: list[datetime]
-    level: int
+    times: list[AnswerTimePublic] = Field(description="Times the answer mentions, resolved.")
+    evidence: list[datetime] = Field(description="Clips the model attended to most.")
+    strategy: str = Field(description="pyramid, zoom or sparse: how the range was read.")
+    level: int = Field(description="Memory pyramid level read (0: one frame per s0).")
     frames: int
+    duration_s: float = Field(description="Duration stated to the model.")
+    tokens_visual: int = Field(description="Visual tokens in the prompt.")
+    tokens_kept: int = Field(description="Visual tokens left after progressive dropping.")
+    timings: dict[str, float] = Field(description="Seconds per stage (plan, fetch, prefill ...).")
     latency_s: float
 
 

@@ -282,6 +282,12 @@ def register(
             emit(answer, True)
         else:
             typer.echo(answer["answer"])
+            for t in answer.get("times", []):
+                typer.echo(f"  {t['text']} = {t['at']}")
+            typer.echo(
+                f"({answer['strategy']} over level {answer['level']}, {answer['frames']} frames, "
+                f"{answer['latency_s']:.1f} s)"
+            )
             if answer["evidence"]:
                 typer.echo("evidence: " + ", ".join(answer["evidence"]))
 
