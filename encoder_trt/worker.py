@@ -48,7 +48,7 @@ class _Store(Protocol):
     def put_many(self, cts: Sequence[ClipTokens]) -> None: ...
 
 
-DeadLetter = Callable[[bytes, str], None]
+DeadLetter = Callable[[Any, str], None]  # (the bus record, reason)
 Quantise = Callable[..., ClipTokens]
 
 
@@ -146,7 +146,7 @@ class EncoderWorker:
                 reason = f"{type(exc).__name__}: {exc}"[:500]
                 log.warning("clip sent to dead letter: %s", reason)
                 if self.dead_letter is not None:
-                    self.dead_letter(rec.value, reason)
+                    self.dead_letter(rec, reason)
                 continue
             clips.append(clip)
             pixels.append(px)
@@ -191,7 +191,11 @@ class EncoderWorker:
                 self.step()
             except Exception as exc:
                 log.exception("encoder batch failed")
-                self._pause(exc)
+                try:
+                    self._pause(exc)
+                except Exception:  # e.g. rewind while the broker is down: keep the loop alive
+                    log.exception("encoder could not rewind; retrying")
+                    self._pause_s = self.backoff_max_s
             if self._pause_s:
                 stop.wait(self._pause_s)
 

@@ -29,6 +29,7 @@ class Record:
     offset: int
     key: bytes | None
     value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 @runtime_checkable
@@ -54,7 +55,13 @@ class Consumer(Protocol):
 class Bus(Protocol):
     """Publish keyed records; hand out consumers. Implementations must be thread-safe."""
 
-    def publish(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+    def publish(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
         """Send one record; raises on failure (the caller keeps it for a retry)."""
         ...
 
@@ -63,6 +70,10 @@ class Bus(Protocol):
         ...
 
     def consumer(self, topic: str, group: str) -> Consumer: ...
+
+    def dead_letter(self, record: Record, reason: str) -> None:
+        """Copy a poison record to the dead-letter topic, the reason in an `fw-reason` header."""
+        ...
 
     def close(self) -> None: ...
 
@@ -83,21 +94,28 @@ class _Group:
 class InProcessBus:
     """Bounded, thread-safe, single-partition topics with consumer-group positions."""
 
-    def __init__(self, capacity: int = 1024) -> None:
+    def __init__(self, capacity: int = 1024, dead_letter_topic: str = "fw.dead-letter") -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = capacity
+        self.dead_letter_topic = dead_letter_topic
         self._topics: dict[str, _Topic] = {}
         self._groups: dict[tuple[str, str], _Group] = {}
         self._cond = threading.Condition()
         self._closed = False
 
-    def publish(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+    def publish(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
         with self._cond:
             if self._closed:
                 raise RuntimeError("bus is closed")
             t = self._topics.setdefault(topic, _Topic())
-            t.log.append(Record(topic, 0, t.next_offset, key, value))
+            t.log.append(Record(topic, 0, t.next_offset, key, value, tuple(headers or ())))
             t.next_offset += 1
             while len(t.log) > self.capacity:
                 gone = t.log.popleft()
@@ -110,6 +128,14 @@ class InProcessBus:
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Nothing to wait for: publish() returns once the record is in the queue."""
+
+    def dead_letter(self, record: Record, reason: str) -> None:
+        headers = [
+            ("fw-reason", reason[:1000].encode()),
+            ("fw-topic", record.topic.encode()),
+            ("fw-offset", str(record.offset).encode()),
+        ]
+        self.publish(self.dead_letter_topic, record.value, key=record.key, headers=headers)
 
     def consumer(self, topic: str, group: str) -> InProcessConsumer:
         with self._cond:

@@ -44,7 +44,7 @@ def make_bus(settings: Settings) -> Bus:
                 cfg.kafka_sasl_password.get_secret_value() if cfg.kafka_sasl_password else None
             ),
         )
-    return InProcessBus(settings.bus.queue_size)
+    return InProcessBus(settings.bus.queue_size, settings.bus.dead_letter_topic)
 
 
 def registry_cameras(engine: Engine) -> Callable[[], list[Any]]:
@@ -197,9 +197,7 @@ class Pipeline:
             token_dtype=settings.memory.token_dtype,
             max_batch=cfg.max_batch,
             batch_timeout_s=cfg.batch_timeout_ms / 1000,
-            dead_letter=lambda payload, reason: bus.publish(
-                settings.bus.dead_letter_topic, payload, key=reason.encode()[:200]
-            ),
+            dead_letter=bus.dead_letter,
             retryable=(MemoryBackpressure, MemoryUnavailable),
             metrics=EncoderMetrics(self.metrics),
             queue_depth=(

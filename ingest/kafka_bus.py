@@ -372,7 +372,7 @@ class KafkaBusConsumer:
     def poll(self, max_records: int = 64, timeout_s: float = 1.0) -> list[Record]:
         batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
         out = [
-            Record(r.topic, r.partition, r.offset, r.key, r.value)
+            Record(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers or ()))
             for records in batches.values()
             for r in records
         ]

@@ -49,7 +49,7 @@ def test_clips_land_in_memory_and_poison_goes_to_dead_letter(
 ) -> None:
     bus = InProcessBus()
     store = SqliteStore(tmp_path / "memory.db", [6.0])
-    dead: list[tuple[bytes, str]] = []
+    dead: list[tuple[object, str]] = []
     worker = EncoderWorker(
         bus.consumer("fw.clips", "encoder"),
         encoder,  # type: ignore[arg-type]
@@ -58,7 +58,10 @@ def test_clips_land_in_memory_and_poison_goes_to_dead_letter(
         token_dtype="int8",
         max_batch=4,
         batch_timeout_s=0.01,
-        dead_letter=lambda payload, reason: dead.append((payload, reason)),
+        dead_letter=lambda record, reason: (
+            dead.append((record, reason)),
+            bus.dead_letter(record, reason),
+        ),
     )
     for i in range(6):
         bus.publish("fw.clips", encode(clip(7, i)))
@@ -75,6 +78,8 @@ def test_clips_land_in_memory_and_poison_goes_to_dead_letter(
     assert all(c.dtype == "int8" and c.shape == (64, 64) for c in stored)
     assert len(dead) == 3 and worker.stats.dead_letters == 3
     assert "truncated" in dead[0][1] and "jpeg" in dead[1][1].lower()
+    letters = bus.consumer("fw.dead-letter", "ops").poll(timeout_s=0)
+    assert [dict(r.headers)["fw-reason"].decode() for r in letters] == [r for _, r in dead]
     consumer = bus.consumer("fw.clips", "encoder")
     consumer.rewind()
     assert consumer.poll(timeout_s=0) == []  # everything committed, poison included
