@@ -68,6 +68,9 @@ def registry_cameras(engine: Engine) -> Callable[[], list[Any]]:
                         interval_s=cam.sample_interval_s,
                         levels=cam.pyramid_levels,
                         enabled=cam.enabled,
+                        file_start_time=(
+                            cam.source_start_at.timestamp() if cam.source_start_at else None
+                        ),
                     )
                 )
             return specs
@@ -282,6 +285,9 @@ class Pipeline:
             replica_index=settings.ingest.replica_index,
             replica_count=settings.ingest.replica_count,
         )
+        from ingest.metrics import IngestCollector
+
+        self.metrics.register(IngestCollector(self.supervisor, self.bus))
         self.supervisor.start()
         self._spawn("ingest-status", self._status_loop)
         self.started.append("ingest")

@@ -82,6 +82,7 @@ def camera_public(cam: Camera, has_credentials: bool) -> CameraPublic:
         enabled=cam.enabled,
         labels=cam.labels,
         timezone=cam.timezone,
+        source_start_at=cam.source_start_at,
         created_at=cam.created_at,
         updated_at=cam.updated_at,
     )
@@ -117,6 +118,16 @@ def _check_url(
     return parsed.url, parsed.username, parsed.password
 
 
+def _check_source_start(url: str, start: datetime | None) -> None:
+    is_file = url.lower().startswith("file:")
+    if is_file and start is None:
+        raise field_error(
+            "body.source_start_at", "a file:// source needs the wall-clock time of its first frame"
+        )
+    if not is_file and start is not None:
+        raise field_error("body.source_start_at", "only file:// sources have a start time")
+
+
 def _name_taken(
     session: Session, model: type[Camera] | type[Rule], name: str, own: int | None
 ) -> bool:
@@ -129,9 +140,11 @@ def create_camera(session: Session, data: CameraCreate, policy: NetworkPolicy) -
     url, username, password = _check_url(data.url, policy, data.username, password)
     if _name_taken(session, Camera, data.name, None):
         raise ApiError(409, "conflict", f"a camera named {data.name!r} already exists")
+    _check_source_start(url, data.source_start_at)
     cam = Camera(
         name=data.name,
         url=url,
+        source_start_at=data.source_start_at,
         sample_interval_s=data.sample_interval_s,
         pyramid_levels=data.pyramid_levels,
         enabled=data.enabled,
@@ -174,7 +187,10 @@ def update_camera(
             cred = CameraCredential(camera_id=cam.id)
         cred.username, cred.password = username, password
         session.add(cred)
-    for key in ("name", "sample_interval_s", "pyramid_levels", "enabled", "labels", "timezone"):
+    if touches_creds or "source_start_at" in fields:
+        _check_source_start(cam.url, fields.get("source_start_at", cam.source_start_at))
+    keys = ("name", "sample_interval_s", "pyramid_levels", "enabled", "labels", "timezone")
+    for key in (*keys, "source_start_at"):
         if key in fields:
             setattr(cam, key, fields[key])
     cam.updated_at = datetime.now(UTC)

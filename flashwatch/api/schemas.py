@@ -106,6 +106,11 @@ class CameraCreate(StrictModel):
     enabled: bool = True
     labels: Labels = Field(default_factory=dict)
     timezone: TimeZone = "UTC"
+    source_start_at: IsoDatetime | None = Field(
+        None,
+        description="For file:// sources (imported footage): the wall-clock time of the "
+        "file's first frame. Required for files, refused for live cameras.",
+    )
 
 
 class CameraUpdate(StrictModel):
@@ -118,6 +123,7 @@ class CameraUpdate(StrictModel):
     enabled: bool | None = None
     labels: Labels | None = None
     timezone: TimeZone | None = None
+    source_start_at: IsoDatetime | None = None
 
 
 class CameraPublic(BaseModel):
@@ -130,6 +136,7 @@ class CameraPublic(BaseModel):
     enabled: bool
     labels: dict[str, str]
     timezone: str
+    source_start_at: datetime | None
     created_at: datetime
     updated_at: datetime
 

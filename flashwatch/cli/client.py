@@ -91,12 +91,18 @@ def parse_labels(values: list[str]) -> dict[str, str]:
     return out
 
 
+def parse_duration(text: str) -> float:
+    """`90s`, `30m`, `2h`, `1d` in seconds."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd])", text.strip())
+    if not m:
+        raise typer.BadParameter(f"{text!r}: use a duration like 30m, 2h or 1d")
+    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
 def parse_since(text: str) -> datetime:
     """`90m`, `2h`, `1d` ago, or an ISO-8601 time with offset."""
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd])", text.strip())
-    if m:
-        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-        return datetime.now(UTC) - timedelta(seconds=float(m.group(1)) * unit)
+    if re.fullmatch(r"\d+(?:\.\d+)?\s*[smhd]", text.strip()):
+        return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
@@ -128,6 +134,10 @@ def register(
         label: Annotated[list[str] | None, typer.Option(help="key=value, repeatable.")] = None,
         timezone: Annotated[str, typer.Option(help="IANA time zone.")] = "UTC",
         disabled: Annotated[bool, typer.Option(help="Register without reading it.")] = False,
+        source_start: Annotated[
+            str | None,
+            typer.Option(help="file:// imports: ISO time of the file's first frame."),
+        ] = None,
         url: UrlOpt = None,
         token: TokenOpt = None,
         as_json: JsonOpt = False,
@@ -144,6 +154,8 @@ def register(
         }
         if username is not None:
             body["username"] = username
+        if source_start is not None:
+            body["source_start_at"] = source_start
         if password_stdin:
             body["password"] = sys.stdin.readline().rstrip("\n")
         emit(call("POST", "/v1/cameras", url=url, token=token, body=body), as_json, CAMERA_COLS)
@@ -183,6 +195,9 @@ def register(
         cooldown: Annotated[float | None, typer.Option(help="Cooldown, s.")] = None,
         severity: Annotated[str | None, typer.Option(help="info..critical")] = None,
         webhook: Annotated[str | None, typer.Option(help="Webhook sink URL.")] = None,
+        backfill: Annotated[
+            str | None, typer.Option(help="Also evaluate stored history: 30m, 6h, 2d ...")
+        ] = None,
         url: UrlOpt = None,
         token: TokenOpt = None,
         as_json: JsonOpt = False,
@@ -206,6 +221,8 @@ def register(
                 body[key] = value
         if webhook:
             body["sinks"] = [{"type": "webhook", "url": webhook}]
+        if backfill:
+            body["backfill_s"] = parse_duration(backfill)
         emit(call("POST", "/v1/rules", url=url, token=token, body=body), as_json, RULE_COLS)
 
     @rule_app.command("list")

@@ -49,6 +49,9 @@ class Camera(SQLModel, table=True):
     enabled: bool = True
     labels: dict[str, str] = Field(default_factory=dict, sa_type=sa.JSON)
     timezone: str = Field(default="UTC", max_length=64)
+    source_start_at: datetime | None = Field(
+        default=None, sa_type=UTCDateTime, description="Wall-clock time of a file's first frame."
+    )
     # Status, written by ingest.
     state: str = Field(default="pending", max_length=16)
     last_error: str | None = Field(default=None, max_length=500)

@@ -83,10 +83,13 @@ def test_camera_and_rule_lifecycle_through_the_cli(served: tuple[Api, str]) -> N
         "32",
         "--step",
         "4",
+        "--backfill",
+        "2h",
         "--json",
     )
     assert rule.returncode == 0, rule.stderr
     assert json.loads(rule.stdout)["window_s"] == 32
+    assert json.loads(rule.stdout)["backfill_s"] == 7200
     rules = json.loads(fw(base, op, "rule", "list", "--json").stdout)
     assert [r["name"] for r in rules] == ["fence"]
 
