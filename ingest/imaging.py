@@ -2,9 +2,10 @@
 
 `encoder_jpeg` squashes an RGB frame to exactly S×S with PIL's antialiased bicubic filter
 (aspect not kept, no crop), which is what the reference `UMTImageProcessor` does before
-normalising (reference §1.5), then JPEG-encodes it. It mirrors
-`encoder_trt.preprocess.resize_frame`; ingest does not import that module because it pulls
-in torch, and ingest must stay a light CPU process. A unit test checks the two agree.
+normalising (reference §1.5), then JPEG-encodes it. The resize is
+`encoder_trt.preprocess.resize_frame` itself (one definition of the reference resize);
+that module imports torch only inside the encoder-side functions, so ingest stays a light
+CPU process (a unit test guards it).
 
 Resizing before JPEG means the encoder input differs from the reference only by JPEG loss,
 and a clip of four 224² frames stays around 100 kB on the bus.
@@ -18,17 +19,9 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from encoder_trt.preprocess import resize_frame as resize_square
+
 Uint8Array = npt.NDArray[np.uint8]
-
-
-def resize_square(rgb: Uint8Array, size: int) -> Uint8Array:
-    """(H, W, 3) uint8 RGB -> (size, size, 3) uint8, PIL BICUBIC squash like the reference."""
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"expected (H, W, 3) uint8 RGB, got {rgb.shape} {rgb.dtype}")
-    image = Image.fromarray(rgb, mode="RGB")
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BICUBIC)
-    return np.asarray(image, dtype=np.uint8)
 
 
 def jpeg_bytes(rgb: Uint8Array, quality: int) -> bytes:

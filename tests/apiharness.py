@@ -93,12 +93,11 @@ def fresh_db(kind: str, tmp_path: Path, pg_server_url: str | None) -> Iterator[s
 
 
 @contextmanager
-def live_server(state: AppState) -> Iterator[str]:
-    """Serve the app over real HTTP on a free loopback port; yields the base URL."""
+def serve_app(app: Any) -> Iterator[str]:
+    """Serve any ASGI app over real HTTP on a free loopback port; yields the base URL once
+    its /v1/health answers."""
     port = services.free_port()
-    config = uvicorn.Config(
-        create_app(state), host="127.0.0.1", port=port, log_config=None, access_log=False
-    )
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -115,3 +114,10 @@ def live_server(state: AppState) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+@contextmanager
+def live_server(state: AppState) -> Iterator[str]:
+    """The FlashWatch API of `state` over real HTTP."""
+    with serve_app(create_app(state)) as base:
+        yield base

@@ -6,16 +6,11 @@ worker); client: HttpReasoner. Checks the wire formats, error mapping and client
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import httpx
 import msgspec
 import pytest
-import uvicorn
-from fastapi import FastAPI
 
 from flashwatch.config import ReasonerConfig
 from flashwatch.messages import (
@@ -35,32 +30,10 @@ from reasoner.engine import LocalReasoner
 from reasoner.planning import NoFootage
 from reasoner.service import MSGPACK, HttpReasoner, ReasonerUnavailable, create_app, local_service
 from reasoner.testing import write_tiny_checkpoint
+from tests.apiharness import serve_app as serve
 
 pytestmark = pytest.mark.integration
 T0 = 1_700_000_000.0
-
-
-@contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(base + "/v1/health", timeout=0.5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    try:
-        yield base
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @pytest.fixture(scope="module")

@@ -23,11 +23,14 @@ def test_resize_is_an_exact_bicubic_squash() -> None:
     assert np.array_equal(out, ref)
 
 
-def test_resize_matches_the_encoder_preprocessing() -> None:
-    preprocess = pytest.importorskip("encoder_trt.preprocess")
-    for h, w in ((240, 320), (1080, 1920), (480, 270)):
-        rgb = frame(h, w, seed=h)
-        assert np.array_equal(resize_square(rgb, 224), preprocess.resize_frame(rgb, 224))
+def test_ingest_imaging_does_not_load_torch() -> None:
+    """Ingest shares the encoder's resize but must stay a light process without torch."""
+    import subprocess
+    import sys
+
+    code = "import sys, ingest.imaging; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_encoder_jpeg_is_s_by_s_rgb() -> None:
