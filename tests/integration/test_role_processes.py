@@ -84,3 +84,59 @@ def test_role_with_nothing_to_run_exits_3(tmp_path: Path) -> None:
     proc = start_role("encoder", env)  # no model directory
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 3 and "no model directory" in out
+
+
+def test_ingest_role_publishes_clips_of_api_registered_cameras_to_kafka(
+    tmp_path: Path,
+    kafka_bootstrap: str,
+    rtsp_server,
+    h264_clip: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    from kafka import KafkaConsumer
+
+    from flashwatch.messages import Clip, decode
+    from tests.apiharness import make_api, settings_for
+
+    server = rtsp_server({"/cam1": h264_clip})
+    topic = f"fw.clips.{tmp_path.name[-12:]}"
+    api = make_api(settings_for(tmp_path, None))  # the registry the ingest role reads
+    cam = api.camera(url=server.url("/cam1"))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FW_")}
+    env |= {
+        "FW_DATA_DIR": str(tmp_path),
+        "FW_API__PORT": str(port),
+        "FW_BUS__KIND": "kafka",
+        "FW_BUS__CLIPS_TOPIC": topic,
+        "FW_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "FW_INGEST__ALLOW_LOOPBACK": "true",
+        "FW_INGEST__PYRAMID_LEVELS": "2",
+    }
+    proc = start_role("ingest", env)
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=kafka_bootstrap,
+        group_id="probe",
+        auto_offset_reset="earliest",
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+        consumer_timeout_ms=1000,
+    )
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", proc)
+        levels: dict[int, int] = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (levels.get(0, 0) >= 3 and levels.get(1)):
+            for record in consumer:
+                clip = decode(record.value, Clip)
+                assert clip.camera_id == cam["id"] and record.key == str(cam["id"]).encode()
+                levels[clip.level] = levels.get(clip.level, 0) + 1
+        assert levels.get(0, 0) >= 3 and levels.get(1, 0) >= 1, levels
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out[-3000:]
+    finally:
+        consumer.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
