@@ -104,6 +104,9 @@ class BusConfig(Section):
     kafka_sasl_username: str | None = Field(None, max_length=256, description="SASL user.")
     kafka_sasl_password: SecretStr | None = Field(None, description="SASL password.")
     clips_topic: str = Field("fw.clips", min_length=1, max_length=249, description="Clip topic.")
+    clips_partitions: int = Field(
+        12, ge=1, le=1024, description="Partitions of the clip topic when FlashWatch creates it."
+    )
     alerts_topic: str = Field(
         "fw.alerts", min_length=1, max_length=249, description="Alert event topic."
     )

@@ -36,7 +36,7 @@ def make_bus(settings: Settings) -> Bus:
         from ingest.kafka_bus import KafkaBus
 
         cfg = settings.bus
-        return KafkaBus(
+        bus = KafkaBus(
             cfg.kafka_bootstrap,
             dead_letter_topic=cfg.dead_letter_topic,
             sasl_username=cfg.kafka_sasl_username,
@@ -44,6 +44,17 @@ def make_bus(settings: Settings) -> Bus:
                 cfg.kafka_sasl_password.get_secret_value() if cfg.kafka_sasl_password else None
             ),
         )
+        try:  # idempotent; a broker that refuses admin requests still auto-creates topics
+            bus.ensure_topics(
+                {
+                    cfg.clips_topic: cfg.clips_partitions,
+                    cfg.dead_letter_topic: 1,
+                    cfg.alerts_topic: 1,
+                }
+            )
+        except Exception as exc:
+            log.warning("could not create Kafka topics (%s); relying on auto-creation", exc)
+        return bus
     return InProcessBus(settings.bus.queue_size, settings.bus.dead_letter_topic)
 
 

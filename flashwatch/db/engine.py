@@ -51,9 +51,28 @@ def _alembic_config(engine: Engine) -> AlembicConfig:
     return cfg
 
 
+MIGRATION_LOCK_KEY = 0x46574D49  # "FWMI": one migrator at a time on a shared PostgreSQL
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Apply migrations up to `revision` (idempotent)."""
-    command.upgrade(_alembic_config(engine), revision)
+    """Apply migrations up to `revision` (idempotent).
+
+    Every role migrates at start; on PostgreSQL an advisory lock makes concurrent first
+    starts wait for each other instead of racing to create the same tables.
+    """
+    cfg = _alembic_config(engine)
+    if engine.dialect.name != "postgresql":
+        command.upgrade(cfg, revision)
+        return
+    with engine.connect() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        conn.commit()
+        try:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+        finally:
+            conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            conn.commit()
 
 
 def current_revision(engine: Engine) -> str | None:

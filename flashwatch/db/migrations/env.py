@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
 import flashwatch.db.models  # noqa: F401  (registers the tables on SQLModel.metadata)
 
 target_metadata = SQLModel.metadata
-engine = context.config.attributes["engine"]
 
-with engine.connect() as connection:
+
+def run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
@@ -20,3 +21,11 @@ with engine.connect() as connection:
     with context.begin_transaction():
         context.run_migrations()
     connection.commit()
+
+
+given = context.config.attributes.get("connection")
+if given is not None:  # the caller holds the migration lock on this connection
+    run(given)
+else:
+    with context.config.attributes["engine"].connect() as conn:
+        run(conn)

@@ -38,3 +38,33 @@ def test_upgrade_from_empty_matches_models(
             assert diff == [], f"models and migrations disagree: {diff}"
         finally:
             engine.dispose()
+
+
+def test_concurrent_first_starts_on_postgresql_do_not_race(
+    tmp_path: Path, pg_server_url: str
+) -> None:
+    """Every role migrates at start; two at once on an empty database must both succeed."""
+    import threading
+
+    with fresh_db("postgres", tmp_path, pg_server_url) as url:
+        assert url is not None
+        engines = [create_db_engine(url) for _ in range(3)]
+        errors: list[BaseException] = []
+
+        def migrate(e: sa.engine.Engine) -> None:
+            try:
+                upgrade(e)
+            except BaseException as exc:  # surfaced by the assertion below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=migrate, args=(e,)) for e in engines]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        try:
+            assert errors == []
+            assert current_revision(engines[0]) == head_revision()
+        finally:
+            for e in engines:
+                e.dispose()
