@@ -116,11 +116,11 @@ def _role_app(state: AppState, pipeline: Pipeline, roles: tuple[str, ...]) -> An
 
         cfg = state.settings.reasoner
         token = cfg.service_token.get_secret_value() if cfg.service_token else None
+        from flashwatch.api import routes_system
+        from flashwatch.api.middleware import ApiMetrics
+
         app = reasoner_app(pipeline.reasoner_service, token=token)
-        probes = create_app(state, public_api=False)
-        for route in probes.routes:
-            if getattr(route, "path", "") in ("/v1/ready", "/metrics"):
-                app.router.routes.append(route)
-        app.state.fw, app.state.metrics = probes.state.fw, probes.state.metrics
+        app.include_router(routes_system.router)  # readiness and metrics beside the service
+        app.state.fw, app.state.metrics = state, ApiMetrics()
         return app
     return create_app(state, public_api=False)
