@@ -9,12 +9,14 @@ exist without its pending notifications, and a notification never exists without
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from alerts.policy import RuleState
@@ -22,6 +24,8 @@ from flashwatch.db.models import Alert, AlertDelivery, AlertRuleState, Camera, R
 from flashwatch.messages import AlertEvent
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
+
+log = logging.getLogger("flashwatch.alerts")
 
 
 def ts(t: float) -> datetime:
@@ -177,17 +181,27 @@ def outbox_row(alert_id: int, index: int, sink: dict[str, Any], now: datetime) -
 def commit_window(
     engine: Engine, updates: Sequence[StateUpdate], drafts: Sequence[AlertDraft]
 ) -> list[Alert]:
-    """Persist one window's outcome atomically; returns the alerts that were new."""
+    """Persist one window's outcome atomically; returns the alerts that were new.
+
+    If another scheduler committed the same window first (two alerts roles during a
+    rollout), the unique state and dedup keys make this transaction fail whole: nothing is
+    written twice, and the window counts as done.
+    """
     now = utcnow()
     created: list[Alert] = []
     with Session(engine, expire_on_commit=False) as session:
-        for up in updates:
-            _apply_state(session, up, now)
-        for draft in drafts:
-            alert = insert_alert(session, draft, now)
-            if alert is not None:
-                created.append(alert)
-        session.commit()
+        try:
+            for up in updates:
+                _apply_state(session, up, now)
+            for draft in drafts:
+                alert = insert_alert(session, draft, now)
+                if alert is not None:
+                    created.append(alert)
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+            log.info("window already committed by another scheduler; skipped")
+            return []
     return created
 
 

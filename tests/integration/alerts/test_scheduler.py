@@ -283,3 +283,39 @@ def test_notifications_wait_only_for_reasons_that_can_arrive_in_time(
         rows = s.exec(select(AlertDelivery).order_by(AlertDelivery.alert_id)).all()  # type: ignore[arg-type]
         holds = [round((r.next_attempt_at - created[r.alert_id]).total_seconds()) for r in rows]
     assert holds == [2, 2, 0, 60]  # two reasons in time, the third not; a report waits
+
+
+def test_two_schedulers_at_once_never_double_fire(engine: Engine, memory: RedisStore) -> None:
+    """Leader election is not built: two alerts roles may run during a rollout. The dedup
+    key is unique and a window's alert, state and outbox rows commit in one transaction,
+    so the second writer's transaction fails whole: one alert and one delivery per window."""
+    import threading
+
+    from flashwatch.db.models import AlertDelivery as Delivery
+
+    add_rule(engine, "fence", [CAM], hysteresis_k=1, hysteresis_n=1, cooldown_s=0,
+             sinks=[{"type": "webhook", "url": "https://hooks.example.com/x"}])  # fmt: skip
+    feed(memory, CAM, T0, T0 + 64)
+    always = ScriptedReasoner(lambda _rule, _end: 0.9)
+    a, b = scheduler(engine, memory, always), scheduler(engine, memory, always)
+    errors: list[BaseException] = []
+
+    def run(s: AlertScheduler) -> None:
+        try:
+            for _ in range(3):
+                s.run_once()
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    fired = alerts(engine)
+    keys = [x.dedup_key for x in fired]
+    assert fired and len(keys) == len(set(keys))
+    with Session(engine) as s:
+        deliveries = s.exec(select(Delivery)).all()
+    assert sorted(d.alert_id for d in deliveries) == sorted(x.id for x in fired)
+    assert errors == []
