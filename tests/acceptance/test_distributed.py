@@ -174,6 +174,7 @@ def test_distributed_roles_survive_kills_and_drain(
             return Role(name, role, env, logs)
 
         roles: dict[str, Role] = {}
+        killed: set[str] = set()
         try:
             roles["api"] = start("api", "api")
             roles["api"].wait_ready()  # migrates the empty database first
@@ -224,17 +225,18 @@ def test_distributed_roles_survive_kills_and_drain(
             def alerted(after: float) -> set[int]:
                 return {e["camera_id"] for t, e in receiver.events if t > after}
 
-            wait_for(lambda: alerted(0) == set(cam_ids), 150, "a first alert on both cameras")
+            wait_for(lambda: alerted(0) == set(cam_ids), 300, "a first alert on both cameras")
 
             # Faults: SIGKILL one encoder and one ingest replica; the replica comes back.
             roles["encoder-0"].proc.kill()
+            killed.add("encoder-0")
             roles["ingest-1"].proc.kill()
             roles["ingest-1"].proc.wait()
             roles["ingest-1"] = start(
                 "ingest-1b", "ingest", FW_INGEST__REPLICA_INDEX="1", FW_INGEST__REPLICA_COUNT="2"
             )
             killed_at = time.time()
-            wait_for(lambda: alerted(killed_at) == set(cam_ids), 150, "alerts after the kills")
+            wait_for(lambda: alerted(killed_at) == set(cam_ids), 300, "alerts after the kills")
 
             # Drain: stop ingest first, then let the surviving encoder catch up.
             for name in ("ingest-0", "ingest-1"):
@@ -264,8 +266,8 @@ def test_distributed_roles_survive_kills_and_drain(
             assert all(n > 0 for n in per_cam.values())
             store.close()
         finally:
-            codes = {name: role.term() for name, role in roles.items() if name != "encoder-0"}
-        assert all(code == 0 for code in codes.values()), codes
+            codes = {name: role.term() for name, role in roles.items()}  # leaves no orphan
+        assert all(code == 0 for name, code in codes.items() if name not in killed), codes
 
 
 def published_clip_ids(bootstrap: str, topic: str) -> set[tuple[int, int]]:
