@@ -255,13 +255,15 @@ def engine_build(
 http.register(app, camera_app, rule_app, alerts_app, emit)
 
 
-def _mount_synth() -> None:
+def _mount_tools() -> None:
     from ingest.synth.cli import synth_app
+    from reasoner.tiny.cli import tiny_app
 
     app.add_typer(synth_app, name="synth", help="Synthetic camera footage with ground truth.")
+    app.add_typer(tiny_app, name="tiny", help="Train and evaluate the tiny synthetic-world model.")
 
 
-_mount_synth()
+_mount_tools()
 
 
 def main() -> None:

@@ -1,0 +1,83 @@
+"""``flashwatch tiny ...``: train and evaluate the bundled tiny model (issue 8, item 2).
+
+A typer sub-app (``tiny_app``); the main CLI mounts it with ``app.add_typer(tiny_app,
+name="tiny")``. Training and evaluation run on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+tiny_app = typer.Typer(
+    no_args_is_help=True, help="Train / evaluate the tiny synthetic-world model."
+)
+
+
+@tiny_app.command("train")
+def train_cmd(
+    out: Annotated[Path, typer.Option(help="Model directory to write.")] = Path("models/tiny"),
+    minutes: Annotated[float, typer.Option(help="Wall-clock budget, export included.")] = 40.0,
+    seed: Annotated[int, typer.Option(help="Seed for data, init and batches.")] = 0,
+    steps: Annotated[
+        int | None, typer.Option(help="Fixed step count (bit-reproducible) instead of minutes.")
+    ] = None,
+    threads: Annotated[
+        int, typer.Option(help="torch CPU threads (1 is fastest on a shared 2-core machine).")
+    ] = 1,
+    scenes: Annotated[int, typer.Option(help="Training scenes (4 windows each).")] = 200,
+    init: Annotated[
+        Path | None, typer.Option(help="Continue from an exported model directory.")
+    ] = None,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 2e-3,
+    warmup: Annotated[int, typer.Option(help="Warm-up steps.")] = 100,
+    min_clips: Annotated[int, typer.Option(help="Fewest 4-frame clips per window.")] = 4,
+    max_clips: Annotated[int, typer.Option(help="Most 4-frame clips per window.")] = 16,
+) -> None:
+    """Train encoder + projector + LLM end to end and export a VideoChat-Flash directory."""
+    from reasoner.tiny.train import TrainOptions, train
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    opts = TrainOptions(
+        seed=seed, minutes=minutes, steps=steps, threads=threads, scenes=scenes, init=init,
+        lr=lr, warmup=warmup, clips=(min_clips, max_clips),
+    )  # fmt: skip
+    summary = train(opts, out)
+    summary.pop("history", None)
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@tiny_app.command("eval")
+def eval_cmd(
+    model: Annotated[Path, typer.Option(help="Model directory.")] = Path("models/tiny"),
+    windows: Annotated[int, typer.Option(help="Held-out windows (8 questions each).")] = 60,
+    seed: Annotated[int, typer.Option(help="Held-out seed offset.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+    threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 1,
+    render: Annotated[str, typer.Option(help="Camera frame size WxH before the resize.")] = (
+        "160x120"
+    ),
+    drop: Annotated[
+        bool, typer.Option(help="Token dropping as config.json's llm_compress_* fields say.")
+    ] = False,
+) -> None:
+    """Accuracy per question kind on held-out scene seeds, through the normal loaders."""
+    from reasoner.loading import drop_config_from_dict
+    from reasoner.tiny.evaluate import evaluate
+
+    w, h = (int(v) for v in render.lower().split("x"))
+    drop_cfg = None
+    if drop:
+        cfg = json.loads((model / "config.json").read_text())
+        drop_cfg = drop_config_from_dict({**cfg, "mm_llm_compress": True})
+    report = evaluate(
+        model, windows=windows, seed=seed, threads=threads, render=(w, h), drop=drop_cfg
+    )
+    text = json.dumps(report, indent=2)
+    if out is not None:
+        out.write_text(text + "\n")
+    typer.echo(text)

@@ -1,0 +1,321 @@
+"""Training and evaluation samples for the tiny model, drawn from synthetic scenes.
+
+A sample is one *window* of a scene (16-64 s, frames at ~1 fps, 4 frames per clip, rendered at
+the model input size through the reference preprocessing) plus questions about it whose answers
+come from the scene's ground truth. Questions use the wording the rest of FlashWatch asks:
+`reasoner.answers.rule_question` (alert rules) and `relevance_question` (the zoom scan), next to
+plain yes/no, colour, count and "when" questions. "When" answers are seconds from the first frame
+of the window ("At 23 seconds."), which is what `reasoner.answers.mentioned_times` parses.
+
+Labels are about what the sampled frames show: an actor counts as seen when its foot point is
+inside the picture (0 <= x <= 1) at one of the sampled times, and an event counts when such a
+frame falls inside the event's interval. Everything is deterministic in (seed, index).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from encoder_trt.preprocess import resize_frame
+from ingest.synth import COLOURS, Event, GroundTruth, Scene, SceneSpec, Track
+from reasoner.answers import relevance_question, rule_question
+
+RENDER_W, RENDER_H = 160, 120  # rendered, then squashed to S x S like any camera frame
+SCENE_SECONDS = 300.0
+WINDOW_S = (16, 64)
+QUESTION_KINDS = ("presence", "happened", "relevance", "colour", "count", "when")
+KIND_WEIGHTS = (0.26, 0.26, 0.12, 0.12, 0.12, 0.12)
+# event kind -> (actor kind, question, description forms); {s} = the subject phrase
+EVENTS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "park": ("car", "Did {s} park?", ("{s} parked", "{s} is parked", "{s} parking")),
+    "stop": ("car", "Did {s} stop on the road?", ("{s} stopped on the road", "{s} stopping")),
+    "loiter": ("person", "Did {s} loiter?", ("{s} loitering", "{s} loitering on the walkway")),
+    "drop": ("bag", "Did someone drop {s}?", ("a person dropping {s}", "{s} left behind")),
+    "cross": ("person", "Did {s} cross the walkway?", ("{s} crossing", "{s} walking past")),
+}
+WHEN_VERBS = {"park": "park", "stop": "stop", "loiter": "start loitering", "drop": "get dropped"}
+NUMBERS = ("zero", "one", "two", "three", "four", "five")
+
+
+@dataclass(frozen=True)
+class QA:
+    kind: str  # one of QUESTION_KINDS
+    question: str
+    answer: str
+
+
+@dataclass
+class Window:
+    """Frames of one window and everything needed to ask about it."""
+
+    seed: int
+    t0: float  # time of the first frame (seconds in the scene)
+    step: float  # seconds between frames
+    frames: np.ndarray  # (N, S, S, 3) uint8, N a multiple of 4
+    truth: GroundTruth
+
+    @property
+    def times(self) -> list[float]:
+        return [self.t0 + i * self.step for i in range(len(self.frames))]
+
+    @property
+    def duration(self) -> float:
+        return len(self.frames) * self.step
+
+
+def subject(actor: str, colour: str | None) -> str:
+    if actor == "person":
+        return f"a person in {colour}" if colour else "a person"
+    return f"a {colour} {actor}" if colour else f"a {actor}"
+
+
+def on_screen(track: Track, t: float) -> bool:
+    if not track.visible(t):
+        return False
+    x, _ = track.position(t)
+    return 0.0 <= x <= 1.0
+
+
+def seen_tracks(
+    truth: GroundTruth, times: Sequence[float], actor: str, colour: str | None = None
+) -> list[Track]:
+    return [
+        tr
+        for tr in truth.tracks
+        if tr.actor_kind == actor
+        and (colour is None or tr.colour == colour)
+        and any(on_screen(tr, t) for t in times)
+    ]
+
+
+def seen_events(
+    truth: GroundTruth, times: Sequence[float], kind: str, colour: str | None = None
+) -> list[Event]:
+    """Events of `kind` (actor colour filter) that some sampled frame shows happening."""
+    by_id = {tr.actor_id: tr for tr in truth.tracks}
+    out = []
+    for ev in truth.events:
+        if ev.kind != kind or (colour is not None and ev.colour != colour):
+            continue
+        track = by_id.get(ev.actor_id)
+        hits = [t for t in times if ev.t_start <= t < ev.t_end]
+        if track is not None and kind != "drop":
+            hits = [t for t in hits if on_screen(track, t)]
+        if hits:
+            out.append(ev)
+    return sorted(out, key=lambda e: e.t_start)
+
+
+AUX_ACTORS = ("person", "car", "bag")
+
+
+def clip_labels(w: Window) -> np.ndarray:
+    """(n_clips, 3*6) float32: which (actor kind, colour) is on screen in each 4-frame clip.
+
+    Targets of the auxiliary per-clip loss that speeds up learning what the encoder must see.
+    """
+    times = w.times
+    out = np.zeros((len(times) // 4, len(AUX_ACTORS) * len(COLOURS)), dtype=np.float32)
+    for tr in w.truth.tracks:
+        col = AUX_ACTORS.index(tr.actor_kind) * len(COLOURS) + COLOURS.index(tr.colour)
+        for c in range(out.shape[0]):
+            if any(on_screen(tr, t) for t in times[4 * c : 4 * c + 4]):
+                out[c, col] = 1.0
+    return out
+
+
+def render_window(scene: Scene, t0: float, step: float, n_frames: int, size: int) -> np.ndarray:
+    times = [t0 + i * step for i in range(n_frames)]
+    return np.stack([resize_frame(f, size) for f in scene.clip(times)])  # (N, S, S, 3)
+
+
+def scene_for(seed: int, render: tuple[int, int] = (RENDER_W, RENDER_H)) -> Scene:
+    spec = SceneSpec(
+        seed=seed,
+        duration=SCENE_SECONDS,
+        width=render[0],
+        height=render[1],
+        people_per_min=2.5,
+        cars_per_min=1.5,
+        random_needles=7,
+    )
+    return Scene.from_spec(spec)
+
+
+def sample_windows(
+    seed: int,
+    count: int,
+    size: int,
+    render: tuple[int, int] = (RENDER_W, RENDER_H),
+    clips: tuple[int, int] = (WINDOW_S[0] // 4, WINDOW_S[1] // 4),
+) -> list[Window]:
+    """`count` windows of one scene; half of them start near a scripted (needle) event.
+
+    Frames are rendered at `render` (W, H) and squashed to `size` like any camera frame."""
+    scene = scene_for(seed, render)
+    rng = np.random.default_rng([seed, 77])
+    needles = [e for e in scene.truth.events if e.needle and e.kind != "enter"]
+    out = []
+    for _ in range(count):
+        step = 1.0 if rng.random() < 0.8 else 2.0
+        n_clips = int(rng.integers(clips[0], clips[1] + 1))
+        if step == 2.0:
+            n_clips = max(clips[0], n_clips // 2)
+        dur = 4 * n_clips * step
+        hi = SCENE_SECONDS - dur
+        if needles and rng.random() < 0.5:
+            ev = needles[int(rng.integers(len(needles)))]
+            t0 = float(np.clip(ev.t_start - rng.uniform(0.0, dur), 0.0, hi))
+        else:
+            t0 = float(rng.uniform(0.0, hi))
+        t0 = float(np.floor(t0))
+        frames = render_window(scene, t0, step, 4 * n_clips, size)
+        out.append(Window(seed, t0, step, frames, scene.truth))
+    return out
+
+
+# ----------------------------------------------------------------------------- questions
+
+
+def _yes_no(flag: bool) -> str:
+    return "Yes" if flag else "No"
+
+
+def _pick_colour(rng: np.random.Generator, present: Sequence[str], positive: bool) -> str:
+    pool = sorted(set(present)) if positive else [c for c in COLOURS if c not in present]
+    pool = pool or list(COLOURS)
+    return pool[int(rng.integers(len(pool)))]
+
+
+def presence_qa(w: Window, rng: np.random.Generator) -> QA:
+    actor = ("person", "car", "bag")[int(rng.integers(3))]
+    present = [tr.colour for tr in seen_tracks(w.truth, w.times, actor)]
+    colour: str | None = _pick_colour(rng, present, bool(rng.random() < 0.5))
+    if rng.random() < 0.15:
+        colour = None
+    yes = bool(seen_tracks(w.truth, w.times, actor, colour))
+    s = subject(actor, colour)
+    forms = (f"Is there {s} in the video? Answer yes or no.", rule_question(s))
+    return QA("presence", forms[int(rng.integers(2))], _yes_no(yes))
+
+
+def _event_subject(kind: str, colour: str | None) -> str:
+    return subject(EVENTS[kind][0], colour)
+
+
+def _event_pick(w: Window, rng: np.random.Generator) -> tuple[str, str | None, bool]:
+    kind = list(EVENTS)[int(rng.integers(len(EVENTS)))]
+    present = [e.colour for e in seen_events(w.truth, w.times, kind)]
+    colour: str | None = _pick_colour(rng, present, bool(rng.random() < 0.5))
+    if rng.random() < 0.15:
+        colour = None
+    return kind, colour, bool(seen_events(w.truth, w.times, kind, colour))
+
+
+def happened_qa(w: Window, rng: np.random.Generator) -> QA:
+    kind, colour, yes = _event_pick(w, rng)
+    s = _event_subject(kind, colour)
+    question, descs = EVENTS[kind][1], EVENTS[kind][2]
+    if rng.random() < 0.5:
+        text = question.format(s=s) + " Answer yes or no."
+    else:
+        text = rule_question(descs[int(rng.integers(len(descs)))].format(s=s))
+    return QA("happened", text, _yes_no(yes))
+
+
+def relevance_qa(w: Window, rng: np.random.Generator) -> QA:
+    kind, colour, yes = _event_pick(w, rng)
+    s = _event_subject(kind, colour)
+    if kind in WHEN_VERBS and rng.random() < 0.5:
+        user = f"When did {s} {WHEN_VERBS[kind]}?"
+    else:
+        user = EVENTS[kind][1].format(s=s)
+    return QA("relevance", relevance_question(user), _yes_no(yes))
+
+
+def colour_qa(w: Window, rng: np.random.Generator) -> QA | None:
+    options: list[tuple[str, str]] = []
+    for kind, text in (
+        ("park", "What colour is the car that parked?"),
+        ("stop", "What colour is the car that stopped?"),
+        ("loiter", "What colour is the person who loitered?"),
+        ("drop", "What colour is the dropped bag?"),
+    ):
+        evs = seen_events(w.truth, w.times, kind)
+        if len({e.actor_id for e in evs}) == 1:
+            options.append((text, evs[0].colour))
+    bags = seen_tracks(w.truth, w.times, "bag")
+    if len(bags) == 1:
+        options.append(("What colour is the bag?", bags[0].colour))
+    if not options:
+        return None
+    text, colour = options[int(rng.integers(len(options)))]
+    return QA("colour", text, colour.capitalize())
+
+
+def count_qa(w: Window, rng: np.random.Generator) -> QA:
+    actor, plural = (("person", "people"), ("car", "cars"), ("bag", "bags"))[int(rng.integers(3))]
+    n = min(len(seen_tracks(w.truth, w.times, actor)), len(NUMBERS) - 1)
+    return QA("count", f"How many {plural} appear in the video?", str(n))
+
+
+def when_qa(w: Window, rng: np.random.Generator) -> QA | None:
+    options = []
+    for kind, verb in WHEN_VERBS.items():
+        for ev in seen_events(w.truth, w.times, kind):
+            offset = ev.t_start - w.t0
+            if 0.0 <= offset < w.duration:
+                options.append((kind, verb, ev, offset))
+                break
+    if not options:
+        return None
+    kind, verb, ev, offset = options[int(rng.integers(len(options)))]
+    colour = ev.colour
+    first = seen_events(w.truth, w.times, kind, colour)[0]
+    offset = max(0.0, first.t_start - w.t0)
+    s = _event_subject(kind, colour)
+    return QA("when", f"When did {s} {verb}?", f"At {round(offset)} seconds.")
+
+
+def questions_for(w: Window, rng: np.random.Generator, n: int) -> list[QA]:
+    """n questions of mixed kinds about one window (kinds without a valid question re-drawn)."""
+    makers = {
+        "presence": presence_qa,
+        "happened": happened_qa,
+        "relevance": relevance_qa,
+        "colour": colour_qa,
+        "count": count_qa,
+        "when": when_qa,
+    }
+    out: list[QA] = []
+    while len(out) < n:
+        kind = QUESTION_KINDS[int(rng.choice(len(QUESTION_KINDS), p=KIND_WEIGHTS))]
+        qa = makers[kind](w, rng)
+        if qa is not None:
+            out.append(qa)
+    return out
+
+
+def corpus_texts() -> list[str]:
+    """Every phrase the questions and answers can use (for the tokenizer's merges)."""
+    rng = np.random.default_rng(0)
+    truth = scene_for(0).truth
+    texts = []
+    for i in range(300):
+        t0 = float(rng.uniform(0, SCENE_SECONDS - 64))
+        w = Window(0, t0, 1.0, np.zeros((4 * int(rng.integers(4, 17)), 1, 1, 3), np.uint8), truth)
+        texts += [q.question for q in questions_for(w, np.random.default_rng(i), 8)]
+        texts += [q.answer for q in questions_for(w, np.random.default_rng(i + 1000), 8)]
+    for kind, (actor, question, descs) in EVENTS.items():
+        for c in (*COLOURS, None):
+            s = subject(actor, c)
+            texts += [question.format(s=s), *(d.format(s=s) for d in descs)]
+            texts += [rule_question(s), relevance_question(question.format(s=s))]
+            if kind in WHEN_VERBS:
+                texts.append(f"When did {s} {WHEN_VERBS[kind]}?")
+    texts += [c.capitalize() for c in COLOURS] + ["Yes", "No"]
+    texts += [f"At {i} seconds." for i in range(0, 130)]
+    return texts

@@ -1,0 +1,256 @@
+"""The tiny VideoChat-Flash: the project's own UMT encoder + ToMe, projector and Qwen2 decoder.
+
+Nothing here re-implements a layer: `UMTClipEncoder`, `MMProjector` and `Qwen2FlashForCausalLM`
+are the modules the loaders build for the real 2B/7B checkpoints, only with small numbers.
+This file adds what training needs (a batched teacher-forced forward with answer-only labels)
+and the export to a VideoChat-Flash directory (official key names, config.json fields,
+`fw_vision_config` for the settings the tensors cannot reveal, tokenizer files).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from encoder_trt.checkpoint import ENCODER_PREFIX
+from encoder_trt.modeling_umt import UMTClipEncoder, UMTConfig
+from reasoner.modeling_qwen2_flash import (
+    KV,
+    DropConfig,
+    Qwen2FlashConfig,
+    Qwen2FlashForCausalLM,
+    rope_cos_sin,
+)
+from reasoner.projector import CHECKPOINT_PREFIX as PROJECTOR_PREFIX
+from reasoner.projector import MMProjector
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    """Sizes of the tiny model (defaults: ~1.5 M parameters, 64 px input, 4-layer LLM)."""
+
+    image_size: int = 64
+    patch_size: int = 8  # 8x8 patches per frame, 256 per clip, ToMe [128, 64] -> 64
+    vision_dim: int = 128
+    vision_depth: int = 2
+    vision_heads: int = 4
+    vision_mlp_ratio: float = 2.0
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 256
+    vocab_size: int = 512
+    aux_labels: int = 18  # (person, car, bag) x 6 colours, see `data.clip_labels`
+
+    def umt(self) -> UMTConfig:
+        return UMTConfig(
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            embed_dim=self.vision_dim,
+            depth=self.vision_depth,
+            num_heads=self.vision_heads,
+            mlp_ratio=self.vision_mlp_ratio,
+            pos_base_grid=self.image_size // self.patch_size,
+        )
+
+    def qwen2(self) -> Qwen2FlashConfig:
+        return Qwen2FlashConfig(
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads,
+            num_key_value_heads=self.num_kv_heads,
+        )
+
+
+@dataclass
+class Batch:
+    """Teacher-forced questions over a set of windows.
+
+    `pixels` (C, 4, 3, S, S) holds every clip of every window; window w owns clips
+    `clip_ranges[w]`. Its shared prefix is `prefix_ids[w]` followed by its visual block; each of
+    its questions continues with `suffix_ids[w][q]` (prompt after the placeholder, then the
+    answer), whose last `n_answer[w][q]` ids are supervised (answer + `<|im_end|>`).
+    """
+
+    pixels: Tensor
+    clip_ranges: list[tuple[int, int]]
+    prefix_ids: list[list[int]]
+    suffix_ids: list[list[list[int]]]
+    n_answer: list[list[int]]
+    clip_labels: Tensor | None = None  # (C, A) auxiliary per-clip targets, training only
+
+
+class TinyVideoChat(nn.Module):
+    def __init__(self, config: TinyConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.vision = UMTClipEncoder(config.umt())
+        self.projector = MMProjector(config.vision_dim, config.hidden_size)
+        self.llm = Qwen2FlashForCausalLM(config.qwen2(), DropConfig(mode="none"))
+        # Training-only probe (not exported): per-token logits, max over a clip's tokens.
+        self.aux_head = nn.Linear(config.vision_dim, config.aux_labels)
+        self.aux_loss: Tensor | None = None
+
+    def visual_blocks(self, batch: Batch) -> list[Tensor]:
+        feats = self.vision(batch.pixels)  # (C, 64, M)
+        if batch.clip_labels is not None:
+            aux = self.aux_head(feats).amax(dim=1)  # (C, A)
+            self.aux_loss = F.binary_cross_entropy_with_logits(aux, batch.clip_labels)
+        tokens = self.projector(feats)  # (C, 64, D)
+        return [tokens[a:b].flatten(0, 1) for a, b in batch.clip_ranges]  # (n*64, D) each
+
+    def _run(self, x: Tensor, start: int, past: list[KV] | None) -> tuple[Tensor, list[KV]]:
+        """Decoder layers over x (B, L, D) at positions start..start+L-1 after `past`."""
+        cfg = self.llm.cfg
+        pos = torch.arange(start, start + x.shape[1], device=x.device)
+        cos, sin = rope_cos_sin(pos, cfg.head_dim, cfg.rope_theta, x.dtype)
+        kvs = []
+        for j, layer in enumerate(self.llm.model.layers):
+            x, kv = layer(x, cos, sin, past[j] if past is not None else None)
+            kvs.append(kv)
+        return x, kvs
+
+    def window_logits(
+        self, prefix: Tensor, suffixes: list[list[int]], n_answer: list[int]
+    ) -> tuple[Tensor, Tensor]:
+        """One window: the prefix (1, P, D) runs once, its questions (right-padded) attend to
+        its keys/values. Returns logits (n, V) at the answer positions and their targets (n,)."""
+        _, past = self._run(prefix, 0, None)
+        dev = prefix.device
+        length = max(len(s) for s in suffixes)
+        ids = torch.zeros(len(suffixes), length, dtype=torch.long, device=dev)
+        target = torch.full_like(ids, IGNORE)
+        for q, (suf, n) in enumerate(zip(suffixes, n_answer, strict=True)):
+            ids[q, : len(suf)] = torch.tensor(suf, device=dev)
+            target[q, len(suf) - n - 1 : len(suf) - 1] = ids[q, len(suf) - n : len(suf)]
+        h, _ = self._run(self.llm.model.embed_tokens(ids), prefix.shape[1], past)
+        mask = target != IGNORE  # position t predicts token t+1
+        return self.llm.logits_of(h[mask]), target[mask]
+
+    def loss(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
+        """Mean answer-token cross-entropy, and per-token (pred, target) for accuracy."""
+        blocks = self.visual_blocks(batch)
+        embed = self.llm.model.embed_tokens
+        logits, targets = [], []
+        for w, block in enumerate(blocks):
+            pre = torch.tensor(batch.prefix_ids[w], device=block.device)
+            prefix = torch.cat([embed(pre), block])[None]  # (1, P, D)
+            lg, tg = self.window_logits(prefix, batch.suffix_ids[w], batch.n_answer[w])
+            logits.append(lg)
+            targets.append(tg)
+        logit, target = torch.cat(logits), torch.cat(targets)
+        return F.cross_entropy(logit, target), logit.argmax(-1), target
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def checkpoint_state(model: TinyVideoChat) -> dict[str, Tensor]:
+    """Tensors under the official names (spec §6.2)."""
+    out = {ENCODER_PREFIX + k: v for k, v in model.vision.encoder.state_dict().items()}
+    out |= {PROJECTOR_PREFIX + k: v for k, v in model.projector.state_dict().items()}
+    out |= dict(model.llm.state_dict())
+    return {k: v.detach().to(torch.float32).contiguous().clone() for k, v in out.items()}
+
+
+def load_exported(model: TinyVideoChat, directory: str | Path) -> None:
+    """Fill `model` from an exported directory (to continue training); the probe stays as is."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(Path(directory) / "model.safetensors"))
+    enc = {
+        k.removeprefix(ENCODER_PREFIX): v for k, v in state.items() if k.startswith(ENCODER_PREFIX)
+    }
+    proj = {
+        k.removeprefix(PROJECTOR_PREFIX): v
+        for k, v in state.items()
+        if k.startswith(PROJECTOR_PREFIX)
+    }
+    llm = {k: v for k, v in state.items() if not k.startswith((ENCODER_PREFIX, PROJECTOR_PREFIX))}
+    model.vision.encoder.load_state_dict(enc, strict=True)
+    model.projector.load_state_dict(proj, strict=True)
+    model.llm.load_state_dict(llm, strict=True)
+
+
+def config_json(config: TinyConfig, tokenizer: Any, extra: dict[str, Any]) -> dict[str, Any]:
+    """config.json with the official field names and FlashWatch's `fw_vision_config`."""
+    q, u = config.qwen2(), config.umt()
+    return {
+        "architectures": ["VideoChatFlashQwenForCausalLM"],
+        "model_type": "videochat_flash_qwen",
+        "hidden_size": q.hidden_size,
+        "intermediate_size": q.intermediate_size,
+        "num_hidden_layers": q.num_hidden_layers,
+        "num_attention_heads": q.num_attention_heads,
+        "num_key_value_heads": q.num_key_value_heads,
+        "vocab_size": q.vocab_size,
+        "rms_norm_eps": q.rms_norm_eps,
+        "rope_theta": q.rope_theta,
+        "rope_scaling": None,
+        "max_position_embeddings": 32768,
+        "tie_word_embeddings": False,
+        "bos_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        "torch_dtype": "float32",
+        "mm_vision_tower": "umt-large",
+        "mm_vision_select_layer": -2,
+        "mm_hidden_size": u.embed_dim,
+        "mm_projector_type": "tome16_mlp_hd64",
+        "mm_local_num_frames": u.num_frames,
+        "vision_encode_type": "video_image",
+        "mm_patch_merge_type": "spatial_nopad",
+        "mm_newline_position": "nothing",
+        "frame_aspect_ratio": "square",
+        "mm_llm_compress": False,
+        "llm_compress_type": "uniform0_attention",
+        "llm_compress_layer_list": [1, 3],
+        "llm_image_token_ratio_list": [1.0, 0.75, 0.25],
+        "tokenizer_padding_side": "right",
+        "tokenizer_model_max_length": 32768,
+        "fw_vision_config": {
+            "image_size": u.image_size,
+            "num_heads": u.num_heads,
+            "pos_base_grid": u.pos_base_grid,
+            "mlp_ratio": u.mlp_ratio,
+        },
+        "fw_tiny": {"config": asdict(config), **extra},
+    }
+
+
+def export(
+    model: TinyVideoChat,
+    out_dir: str | Path,
+    tokenizer_dir: str | Path,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write config.json, model.safetensors (fp32) and the tokenizer files to `out_dir`."""
+    from safetensors.torch import save_file
+    from transformers import Qwen2Tokenizer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = Qwen2Tokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+    cfg = config_json(model.config, tok, extra or {})
+    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    save_file(checkpoint_state(model), str(out / "model.safetensors"), metadata={"format": "pt"})
+    for f in Path(tokenizer_dir).iterdir():
+        if f.is_file() and Path(tokenizer_dir).resolve() != out.resolve():
+            shutil.copy(f, out / f.name)
+    return out
+
+
+def parameter_count(modules: Sequence[nn.Module]) -> int:
+    return sum(p.numel() for m in modules for p in m.parameters())

@@ -1,0 +1,206 @@
+"""Seeded CPU training of the tiny model, end to end (encoder + projector + LLM).
+
+Data: windows of synthetic scenes (`reasoner.tiny.data`), rendered once into an in-memory pool
+(train scene seeds `TRAIN_SEED_BASE + seed*10_000 + i`; evaluation uses other seeds), each
+step drawing fresh questions about the pooled windows. Loss: cross-entropy on the answer tokens
+(answer + `<|im_end|>`) only, prompts in the exact reference format built by `reasoner.prompt`.
+The learning-rate schedule follows the step budget (`steps`) or, without one, the wall-clock
+budget (`minutes`); only a fixed `steps` makes a run bit-reproducible on another machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from encoder_trt.preprocess import normalise
+from reasoner.prompt import (
+    IMAGE_TOKEN_INDEX,
+    VideoSegment,
+    chat_prompt,
+    tokenize_with_placeholders,
+    user_message,
+)
+from reasoner.tiny.data import (
+    QA,
+    Window,
+    clip_labels,
+    corpus_texts,
+    questions_for,
+    sample_windows,
+)
+from reasoner.tiny.model import (
+    Batch,
+    TinyConfig,
+    TinyVideoChat,
+    export,
+    load_exported,
+    parameter_count,
+)
+from reasoner.tiny.tokenizer import build_tokenizer
+
+log = logging.getLogger(__name__)
+TRAIN_SEED_BASE = 1_000
+EVAL_SEED_BASE = 900_000
+
+
+@dataclass
+class TrainOptions:
+    seed: int = 0
+    minutes: float = 40.0
+    steps: int | None = None
+    scenes: int = 150
+    windows_per_scene: int = 4
+    batch_windows: int = 4
+    questions_per_window: int = 8
+    lr: float = 2e-3
+    warmup: int = 100
+    clips: tuple[int, int] = (4, 16)  # clips per training window (4 s each at 1 fps)
+    init: Path | None = None  # continue from an exported directory (same TinyConfig)
+    aux_weight: float = 1.0  # auxiliary per-clip (actor, colour) loss on the encoder; 0 = off
+    threads: int = 1
+    log_every: int = 25
+    config: TinyConfig = field(default_factory=TinyConfig)
+
+
+def prompt_ids(
+    tok: Any, question: str, duration: float, n_frames: int
+) -> tuple[list[int], list[int]]:
+    """(ids before the visual block, ids after it), tokenised exactly as inference does."""
+    seg = VideoSegment(torch.empty(0), duration, n_frames)
+    ids = tokenize_with_placeholders(tok, chat_prompt(user_message(question, [seg])))
+    cut = ids.index(IMAGE_TOKEN_INDEX)
+    return ids[:cut], ids[cut + 1 :]
+
+
+def answer_ids(tok: Any, answer: str) -> list[int]:
+    return [int(i) for i in tok(answer + "<|im_end|>")["input_ids"]]
+
+
+def clips_of(window: Window) -> torch.Tensor:
+    """(n_clips, 4, 3, S, S) normalised pixels."""
+    x = normalise(window.frames)  # (N, 3, S, S)
+    return x.reshape(-1, 4, *x.shape[1:])
+
+
+def make_batch(
+    tok: Any, windows: Sequence[Window], qas: Sequence[Sequence[QA]], aux: bool = False
+) -> Batch:
+    pixels, ranges, prefixes, suffixes, n_answer = [], [], [], [], []
+    start = 0
+    for window, questions in zip(windows, qas, strict=True):
+        clips = clips_of(window)
+        pixels.append(clips)
+        ranges.append((start, start + clips.shape[0]))
+        start += clips.shape[0]
+        sufs, ns = [], []
+        for qa in questions:
+            pre, suf = prompt_ids(tok, qa.question, window.duration, len(window.frames))
+            ans = answer_ids(tok, qa.answer)
+            sufs.append(suf + ans)
+            ns.append(len(ans))
+        prefixes.append(pre)
+        suffixes.append(sufs)
+        n_answer.append(ns)
+    labels = torch.from_numpy(np.concatenate([clip_labels(w) for w in windows])) if aux else None
+    return Batch(torch.cat(pixels), ranges, prefixes, suffixes, n_answer, labels)
+
+
+def window_pool(
+    seeds: Sequence[int], per_scene: int, size: int, clips: tuple[int, int] = (4, 16)
+) -> list[Window]:
+    out: list[Window] = []
+    for s in seeds:
+        out += sample_windows(s, per_scene, size, clips=clips)
+    return out
+
+
+def lr_at(progress: float, step: int, opts: TrainOptions) -> float:
+    if step < opts.warmup:
+        return opts.lr * (step + 1) / opts.warmup
+    return opts.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
+    """Train, export to `out_dir`, return a summary (steps, seconds, losses)."""
+    t_start = time.perf_counter()
+    torch.set_num_threads(opts.threads)
+    torch.manual_seed(opts.seed)
+    random.seed(opts.seed)
+    rng = np.random.default_rng([opts.seed, 11])
+    tok_dir = Path(tempfile.mkdtemp(prefix="fw-tiny-tok-"))
+    tok = build_tokenizer(tok_dir, corpus_texts())
+    if len(tok) > opts.config.vocab_size:
+        raise ValueError(f"tokenizer has {len(tok)} ids > vocab_size {opts.config.vocab_size}")
+    seeds = [TRAIN_SEED_BASE + opts.seed * 10_000 + i for i in range(opts.scenes)]
+    pool = window_pool(seeds, opts.windows_per_scene, opts.config.image_size, opts.clips)
+    log.info("pool: %d windows in %.1f s", len(pool), time.perf_counter() - t_start)
+
+    model = TinyVideoChat(opts.config)
+    if opts.init is not None:
+        load_exported(model, opts.init)
+        log.info("initialised from %s", opts.init)
+    n_params = parameter_count([model])
+    log.info("model: %d parameters", n_params)
+    optim = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    budget_s = opts.minutes * 60.0
+    t_train = time.perf_counter()
+    step, history = 0, []
+    ema_loss, ema_acc, ema_aux = None, None, None
+    while True:
+        elapsed = time.perf_counter() - t_start
+        if opts.steps is not None and step >= opts.steps:
+            break
+        if opts.steps is None and elapsed > budget_s - 30.0:  # keep time to export
+            break
+        progress = step / opts.steps if opts.steps else elapsed / budget_s
+        for group in optim.param_groups:
+            group["lr"] = lr_at(progress, step, opts)
+        idx = rng.choice(len(pool), size=opts.batch_windows, replace=False)
+        windows = [pool[int(i)] for i in idx]
+        qas = [questions_for(w, rng, opts.questions_per_window) for w in windows]
+        batch = make_batch(tok, windows, qas, aux=opts.aux_weight > 0)
+        model.train()
+        loss, pred, target = model.loss(batch)
+        total = loss + opts.aux_weight * model.aux_loss if model.aux_loss is not None else loss
+        optim.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optim.step()
+        acc, value = float((pred == target).float().mean()), float(loss.detach())
+        aux_value = float(model.aux_loss.detach()) if model.aux_loss is not None else 0.0
+        ema_aux = aux_value if ema_aux is None else 0.95 * ema_aux + 0.05 * aux_value
+        ema_loss = value if ema_loss is None else 0.95 * ema_loss + 0.05 * value
+        ema_acc = acc if ema_acc is None else 0.95 * ema_acc + 0.05 * acc
+        step += 1
+        if step % opts.log_every == 0:
+            row = {"step": step, "loss": ema_loss, "token_acc": ema_acc, "aux": ema_aux}
+            history.append({k: round(float(v or 0.0), 4) for k, v in row.items()})
+            log.info("step %d loss %.4f token-acc %.3f aux %.4f lr %.2e %.0f s", step, ema_loss,
+                     ema_acc, ema_aux, optim.param_groups[0]["lr"],
+                     time.perf_counter() - t_start)  # fmt: skip
+    train_s = time.perf_counter() - t_train
+    summary = {
+        "seed": opts.seed,
+        "steps": step,
+        "train_seconds": round(train_s, 1),
+        "total_seconds": round(time.perf_counter() - t_start, 1),
+        "parameters": n_params,
+        "pool_windows": len(pool),
+        "final_loss": ema_loss,
+        "init": str(opts.init) if opts.init else None,
+        "history": history[-40:],
+    }
+    model.eval()
+    export(model, out_dir, tok_dir, {"training": summary})
+    return summary

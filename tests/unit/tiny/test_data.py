@@ -1,0 +1,108 @@
+"""Windows and questions: deterministic, and answers that agree with the ground truth."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ingest.synth import Scene, SceneSpec
+from reasoner.answers import mentioned_times
+from reasoner.tiny.data import (
+    QUESTION_KINDS,
+    Window,
+    colour_qa,
+    count_qa,
+    happened_qa,
+    presence_qa,
+    questions_for,
+    render_window,
+    sample_windows,
+    seen_events,
+    seen_tracks,
+    when_qa,
+)
+
+
+def test_windows_are_deterministic_and_shaped() -> None:
+    a, b = sample_windows(5, 3, 64), sample_windows(5, 3, 64)
+    for wa, wb in zip(a, b, strict=True):
+        assert (wa.t0, wa.step) == (wb.t0, wb.step)
+        assert np.array_equal(wa.frames, wb.frames)
+        n = len(wa.frames)
+        assert n % 4 == 0 and wa.frames.shape[1:] == (64, 64, 3) and wa.frames.dtype == np.uint8
+        assert 8 <= wa.duration <= 64 * 2
+    qa1 = questions_for(a[0], np.random.default_rng(1), 16)
+    qa2 = questions_for(b[0], np.random.default_rng(1), 16)
+    assert qa1 == qa2
+    assert {q.kind for w in a for q in questions_for(w, np.random.default_rng(2), 30)} <= set(
+        QUESTION_KINDS
+    )
+
+
+def scripted_window() -> Window:
+    """A quiet scene: a red car parks at ~10 s, a person in blue drops a yellow bag at 30 s."""
+    spec = SceneSpec(
+        seed=3,
+        duration=120.0,
+        events=("red_car_parks@5", "blue_person_drops_yellow_bag@30"),
+        width=160,
+        height=120,
+        people_per_min=0.0,
+        cars_per_min=0.0,
+    )
+    scene = Scene.from_spec(spec)
+    return Window(3, 0.0, 1.0, render_window(scene, 0.0, 1.0, 64, 64), scene.truth)
+
+
+def answers(w: Window, maker, n: int = 200) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(0)
+    out = {}
+    for _ in range(n):
+        qa = maker(w, rng)
+        if qa is not None:
+            out[qa.question] = qa.answer
+    return out
+
+
+def test_answers_match_ground_truth() -> None:
+    w = scripted_window()
+    park = w.truth.first("park", actor_kind="car", colour="red")
+    assert park is not None
+    assert [tr.colour for tr in seen_tracks(w.truth, w.times, "car")] == ["red"]
+    assert [e.colour for e in seen_events(w.truth, w.times, "drop")] == ["yellow"]
+
+    pres = answers(w, presence_qa)
+    assert pres.get("Is there a red car in the video? Answer yes or no.", "Yes") == "Yes"
+    assert pres.get("Does the video show a yellow bag? Answer yes or no.", "Yes") == "Yes"
+    for q, a in pres.items():
+        if "blue car" in q or "green bag" in q or "person in red" in q:
+            assert a == "No", q
+    hap = answers(w, happened_qa)
+    assert hap.get("Did a red car park? Answer yes or no.", "Yes") == "Yes"
+    assert hap.get("Did a blue car park? Answer yes or no.", "No") == "No"
+    assert hap.get("Did someone drop a yellow bag? Answer yes or no.", "Yes") == "Yes"
+    assert all(a == "No" for q, a in hap.items() if "stop" in q or "loiter" in q)
+
+    col = answers(w, colour_qa)
+    assert col.get("What colour is the car that parked?", "Red") == "Red"
+    assert col.get("What colour is the dropped bag?", "Yellow") == "Yellow"
+    counts = answers(w, count_qa)
+    assert counts["How many cars appear in the video?"] == "1"
+    assert counts["How many bags appear in the video?"] == "1"
+    assert counts["How many people appear in the video?"] == "1"
+
+    when = answers(w, when_qa)
+    assert "When did a red car park?" in when
+    (mention,) = mentioned_times(when["When did a red car park?"], w.duration)
+    assert abs(mention.offset_s - park.t_start) <= 0.5
+    drop = w.truth.first("drop")
+    assert drop is not None
+    (mention,) = mentioned_times(when["When did a yellow bag get dropped?"], w.duration)
+    assert abs(mention.offset_s - drop.t_start) <= 0.5
+
+
+def test_window_before_events_says_no() -> None:
+    w = scripted_window()
+    early = Window(w.seed, 0.0, 1.0, w.frames[:4], w.truth)  # 0-4 s: the car is still off screen
+    assert not seen_tracks(early.truth, early.times, "car")
+    for q, a in answers(early, happened_qa).items():
+        assert a == "No", q
