@@ -39,7 +39,12 @@ from tests.apiharness import fresh_db
 from tests.checkpoints import write_full_random_checkpoint
 from tests.services import free_port
 
-pytestmark = [pytest.mark.acceptance, pytest.mark.slow, pytest.mark.integration]
+pytestmark = [
+    pytest.mark.acceptance,
+    pytest.mark.slow,
+    pytest.mark.integration,
+    pytest.mark.isolated,
+]
 SECRET = "whsec-distributed-test-0123456789"
 ADMIN = "fw_distributed_admin_token_0123456789abcdef"
 
@@ -130,6 +135,7 @@ def wait_for(predicate: Any, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.timeout(600)
 def test_distributed_roles_survive_kills_and_drain(
     tmp_path: Path,
     kafka_bootstrap: str,
@@ -225,7 +231,7 @@ def test_distributed_roles_survive_kills_and_drain(
             def alerted(after: float) -> set[int]:
                 return {e["camera_id"] for t, e in receiver.events if t > after}
 
-            wait_for(lambda: alerted(0) == set(cam_ids), 300, "a first alert on both cameras")
+            wait_for(lambda: alerted(0) == set(cam_ids), 200, "a first alert on both cameras")
 
             # Faults: SIGKILL one encoder and one ingest replica; the replica comes back.
             roles["encoder-0"].proc.kill()
@@ -236,7 +242,7 @@ def test_distributed_roles_survive_kills_and_drain(
                 "ingest-1b", "ingest", FW_INGEST__REPLICA_INDEX="1", FW_INGEST__REPLICA_COUNT="2"
             )
             killed_at = time.time()
-            wait_for(lambda: alerted(killed_at) == set(cam_ids), 300, "alerts after the kills")
+            wait_for(lambda: alerted(killed_at) == set(cam_ids), 200, "alerts after the kills")
 
             # Drain: stop ingest first, then let the surviving encoder catch up.
             for name in ("ingest-0", "ingest-1"):

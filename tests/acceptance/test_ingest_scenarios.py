@@ -351,6 +351,7 @@ def _registry(collector: IngestCollector) -> CollectorRegistry:
     return registry
 
 
+@pytest.mark.isolated
 def test_i4_mass_drop_reconnects_are_rate_limited_and_all_return(
     rtsp_server: Callable[..., services.RtspServer],
 ) -> None:
