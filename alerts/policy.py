@@ -101,9 +101,7 @@ def clips_in_window(
     ever half covered and was skipped as missing footage forever.
     """
     span = clip_span_s(sample_interval_s)
-    return sorted(
-        t for t in clip_starts if min(t + span, end) - max(t, start) >= span / 2 - 1e-6
-    )
+    return sorted(t for t in clip_starts if min(t + span, end) - max(t, start) >= span / 2 - 1e-6)
 
 
 # ------------------------------------------------------------------ hysteresis, cooldown
