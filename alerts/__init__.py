@@ -14,6 +14,8 @@ Pieces, from pure to wired:
 * `alerts.evaluate`: one camera window, all due rules, one reasoner call.
 * `alerts.scheduler.AlertScheduler`: the live loop (`start()` / `stop()` / `run_once()`).
 * `alerts.backfill`: resumable low-priority evaluation over stored history.
+* `alerts.leadership`: which replica schedules which cameras (rule shards held through
+  PostgreSQL advisory locks; every shard local on SQLite).
 * `alerts.sinks` + `alerts.delivery.DeliveryWorker`: webhook / Kafka / MQTT, drained from
   the outbox with capped exponential retries.
 * `alerts.metrics.AlertMetrics`: Prometheus metrics on an injectable registry.

@@ -7,6 +7,9 @@ history before it, so the two never evaluate the same window. Progress (next win
 backfill's own hysteresis history and cooldown, counts) is committed with each window's alerts
 in one transaction: killed at any point, it resumes at the first uncommitted window.
 
+Like live windows, a backfill window is committed only while this replica owns the camera's
+rule shard (`guard`, see alerts.leadership); the scheduler passes only owned cameras.
+
 It runs only in scheduler passes with no live work, a few windows at a time, so a backfill of
 days of footage never delays a live alert by more than those few windows.
 """
@@ -15,7 +18,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -54,8 +58,10 @@ class BackfillRunner:
         metrics: AlertMetrics,
         *,
         notify: bool = False,
+        guard: Callable[[int], AbstractContextManager[bool]] | None = None,
     ) -> None:
         self.engine = engine
+        self.guard = guard or (lambda _camera_id: nullcontext(True))
         self.memory = memory
         self.evaluator = evaluator
         self.metrics = metrics
@@ -134,6 +140,8 @@ class BackfillRunner:
         job.next_end = end + rule.step_s
         job.status = "running" if job.next_end <= job.t_to + 1e-6 else "done"
         created = self._save(job, outcome.drafts)
+        if job.status == "paused":  # not committed: the shard's owner evaluates it again
+            return 0
         job.alerts += created
         self.metrics.backfill_windows.inc()
         for draft in outcome.drafts[:created]:
@@ -144,7 +152,13 @@ class BackfillRunner:
         """Commit the job's progress together with its new alerts; returns how many."""
         now = utcnow()
         created = 0
-        with Session(self.engine, expire_on_commit=False) as session:
+        with (
+            self.guard(job.camera_id) as mine,
+            Session(self.engine, expire_on_commit=False) as session,
+        ):
+            if not mine:  # shard lost meanwhile: its new owner resumes from the last commit
+                job.status = "paused"  # local only: ends this run's loop over the job
+                return 0
             for draft in drafts:
                 created += insert_alert(session, draft, now) is not None
             row = session.get(AlertBackfill, (job.rule_id, job.camera_id))

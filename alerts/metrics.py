@@ -66,6 +66,22 @@ class AlertMetrics:
             ["sink", "final"],
             registry=reg,
         )
+        self.owned_shards = Gauge(
+            "fw_alert_owned_shards",
+            "Rule shards this alerts replica schedules (see alerts.leadership).",
+            registry=reg,
+        )
+        self.replicas = Gauge(
+            "fw_alert_replicas",
+            "Live alerts replicas with the same shard count, seen by this one.",
+            registry=reg,
+        )
+        self.shard_changes = Counter(
+            "fw_alert_shard_changes",
+            "Shards acquired, released (rebalance, stop) or lost (lock connection gone).",
+            ["change"],
+            registry=reg,
+        )
         self.backfill_windows = Counter(
             "fw_alert_backfill_windows", "Windows evaluated by backfill.", registry=reg
         )

@@ -12,12 +12,18 @@ Work is ordered by urgency: live windows first; then, in passes with no live win
 pending reason (a generation, ~1 s per rule on the CPU: an alert is posted at once and its
 notifications are held at most `reason_wait_s` for the reason); then backfill windows.
 
+Only cameras whose rule shard this replica owns are scheduled (`alerts.leadership`: PostgreSQL
+advisory locks; every shard on SQLite): the plan is filtered each pass, backfill included, and
+each window is committed under `leadership.guard(camera)`, which re-checks ownership, so a
+replica that lost a shard stops at its next window.
+
 Polling coverage, rather than blocking in `wait_new` per camera, keeps one thread for any number
 of cameras; at the default 0.5 s poll the added latency is far below a step (8 s).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -30,6 +36,7 @@ from sqlmodel import Session
 
 from alerts.backfill import BackfillRunner
 from alerts.evaluate import EvalConfig, WindowEvaluator, WindowOutcome, skip_update
+from alerts.leadership import Leadership, LocalShards
 from alerts.metrics import AlertMetrics
 from alerts.policy import RuleState, clip_span_s, due_window_ends
 from alerts.store import AlertDraft, StateUpdate, commit_window, load_states, set_text, watch_plan
@@ -84,8 +91,10 @@ class AlertScheduler:
         config: SchedulerConfig | None = None,
         metrics: AlertMetrics | None = None,
         clock: Callable[[], float] = time.time,
+        leadership: Leadership | None = None,
     ) -> None:
         self.engine = engine
+        self.leadership: Leadership = leadership or LocalShards()
         self.memory = memory
         self.config = config or SchedulerConfig()
         self.metrics = metrics or AlertMetrics()
@@ -99,14 +108,16 @@ class AlertScheduler:
             ),
         )
         self.backfill = BackfillRunner(
-            engine, memory, self.evaluator, self.metrics, notify=self.config.backfill_notify
-        )
+            engine, memory, self.evaluator, self.metrics, notify=self.config.backfill_notify,
+            guard=self.leadership.guard,
+        )  # fmt: skip
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._busy_until = 0.0
         self._failures: dict[tuple[int, float, float], int] = {}
         self._texts: deque[_TextJob] = deque()
         self._text_s = 0.0  # moving average of one reason's generation time
+        self._reported: set[str] = set()  # cameras with per-camera gauges set
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -142,7 +153,7 @@ class AlertScheduler:
         if time.monotonic() < self._busy_until:
             return 0
         with Session(self.engine, expire_on_commit=False) as session:
-            plan = watch_plan(session)
+            plan = self._owned(watch_plan(session))
         scored = 0
         try:
             for camera, rules in plan:
@@ -159,6 +170,18 @@ class AlertScheduler:
             self.metrics.reasoner_busy.inc()
             self._busy_until = time.monotonic() + max(0.05, busy.retry_after_s)
         return scored
+
+    def _owned(self, plan: list[tuple[Camera, list[Rule]]]) -> list[tuple[Camera, list[Rule]]]:
+        """The part of the plan whose shards this replica owns (per-camera gauges of the
+        others are removed: their owner reports them)."""
+        mine = [(c, r) for c, r in plan if c.id is not None and self.leadership.owns_camera(c.id)]
+        names = {str(c.id) for c, _ in mine}
+        for gone in self._reported - names:
+            for gauge in (self.metrics.rules_per_camera, self.metrics.lag):
+                with contextlib.suppress(KeyError):  # never set
+                    gauge.remove(gone)
+        self._reported = names
+        return mine
 
     def _camera(self, camera: Camera, rules: Sequence[Rule]) -> int:
         assert camera.id is not None
@@ -190,9 +213,14 @@ class AlertScheduler:
             for end in ends:
                 due.setdefault((end - rule.window_s, end), []).append(rule)
         if lag_skips:
-            commit_window(self.engine, lag_skips, [])
+            with self.leadership.guard(camera.id) as mine:
+                if not mine:
+                    return 0
+                commit_window(self.engine, lag_skips, [])
         scored = 0
         for start, end in sorted(due, key=lambda w: (w[1], w[0])):
+            if not self.leadership.owns_camera(camera.id):  # lost mid-pass: spare the reasoner
+                break
             outcome: WindowOutcome | None
             try:
                 outcome = self.evaluator.evaluate(
@@ -207,7 +235,17 @@ class AlertScheduler:
                 break
             self._set_holds(outcome.drafts)
             needing = {d.dedup_key: d for d in outcome.drafts if d.needs_text}
-            for alert in commit_window(self.engine, outcome.updates, outcome.drafts):
+            with self.leadership.guard(camera.id) as mine:
+                # Re-checked at the commit: the shard may have gone while the reasoner ran.
+                created = (
+                    commit_window(self.engine, outcome.updates, outcome.drafts) if mine else None
+                )
+            if created is None:
+                log.info(
+                    "camera %s: shard no longer owned, window %s not committed", camera.id, end
+                )
+                break
+            for alert in created:
                 self.metrics.fired.labels(kind=alert.kind, backfilled="false").inc()
                 draft = needing.get(alert.dedup_key)
                 if draft is not None and alert.id is not None:

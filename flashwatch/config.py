@@ -285,6 +285,25 @@ class AlertsConfig(Section):
         None, max_length=255, description="MQTT broker for mqtt sinks (none: mqtt sinks off)."
     )
     mqtt_port: int = Field(1883, ge=1, le=65535, description="MQTT broker port.")
+    shards: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description=(
+            "Rule shards (camera -> shard by a stable hash). Each shard is scheduled by exactly "
+            "one alerts replica (PostgreSQL advisory lock); set at least the replica count, the "
+            "same on every replica."
+        ),
+    )
+    leadership_poll_s: float = Field(
+        2.0,
+        ge=0.1,
+        le=60,
+        description=(
+            "How often an alerts replica checks its shard locks and takes free shards "
+            "(failover takes about one period; a partitioned replica stops after three)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _check(self) -> AlertsConfig:

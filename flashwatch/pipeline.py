@@ -142,6 +142,7 @@ class Pipeline:
     encoder_worker: Any = None
     reasoner_service: Any = None
     alert_scheduler: Any = None
+    alert_leadership: Any = None
     delivery: Any = None
     started: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
@@ -264,12 +265,22 @@ class Pipeline:
             build_sinks,
             delivery_config,
         )
+        from alerts.leadership import open_leadership
 
         cfg = settings.alerts
         metrics = AlertMetrics()
         self.state.metrics_registries.append(metrics.registry)
+        # Which cameras this replica schedules: advisory-lock shards on PostgreSQL, all of them
+        # on SQLite (see alerts.leadership).
+        self.alert_leadership = open_leadership(
+            self.state.engine, cfg.shards, poll_s=cfg.leadership_poll_s, metrics=metrics
+        )
         self.alert_scheduler = AlertScheduler(
-            self.state.engine, self.store, self.state.reasoner, metrics=metrics
+            self.state.engine,
+            self.store,
+            self.state.reasoner,
+            metrics=metrics,
+            leadership=self.alert_leadership,
         )
         sinks = build_sinks(
             cfg,
@@ -279,6 +290,7 @@ class Pipeline:
         self.delivery = DeliveryWorker(
             self.state.engine, sinks, config=delivery_config(cfg), metrics=metrics
         )
+        self.alert_leadership.start()
         self.alert_scheduler.start()
         self.delivery.start()
         self.started.append("alerts")
@@ -335,6 +347,8 @@ class Pipeline:
         self._stop.set()
         if self.alert_scheduler is not None:
             self.alert_scheduler.stop()
+        if self.alert_leadership is not None:  # after the last commit: the standby takes over
+            self.alert_leadership.stop()
         if self.delivery is not None:
             self.delivery.stop()
         if self.reasoner_service is not None:

@@ -4,7 +4,7 @@ Parses the file, resolves `${VAR...}` the way docker compose does from .env.exam
 checks that every role service runs `flashwatch run <role>` with an existing role, that every
 FW_ variable is a known setting (and the resolved environment of each role loads as valid
 settings), that secrets only ever come from the .env file, and the topology rules: Kafka in
-KRaft mode, Redis with AOF and noeviction, two ingest shards, exactly one alerts replica, and
+KRaft mode, Redis with AOF and noeviction, two ingest shards, two alerts replicas (shards), and
 GPU reservations in the `gpu` profile.
 """
 
@@ -190,9 +190,11 @@ def test_topology(compose: dict[str, Any]) -> None:
     redis_cmd = services["redis"]["command"]
     assert redis_cmd[redis_cmd.index("--appendonly") + 1] == "yes"
     assert redis_cmd[redis_cmd.index("--maxmemory-policy") + 1] == "noeviction"
-    # Exactly one alerts scheduler: no leader election yet.
+    # One alerts service, replicated: its replicas split the rule shards (advisory locks).
     alerts = [n for n, s in role_services(compose).items() if role_of(s) == "alerts"]
-    assert alerts == ["alerts"] and services["alerts"]["deploy"]["replicas"] == 1
+    assert alerts == ["alerts"] and services["alerts"]["deploy"]["replicas"] == 2
+    assert int(services["alerts"]["environment"]["FW_ALERTS__SHARDS"]) >= 2
+    assert "ports" not in services["alerts"] and "container_name" not in services["alerts"]
     # Two ingest shards with distinct indices of the same count.
     shards = {
         (s["environment"]["FW_INGEST__REPLICA_INDEX"], s["environment"]["FW_INGEST__REPLICA_COUNT"])

@@ -420,7 +420,7 @@ def test_every_document_has_the_basics(docs: list[dict[str, Any]]) -> None:
         ("Secret", "fw-flashwatch"),
         ("HorizontalPodAutoscaler", "fw-encoder"),
         *{("NetworkPolicy", f"fw-{r}") for r in ROLES},
-        *{("PodDisruptionBudget", f"fw-{r}") for r in ("api", "encoder", "reasoner")},
+        *{("PodDisruptionBudget", f"fw-{r}") for r in ("api", "encoder", "reasoner", "alerts")},
     }
     assert kinds == expected
 
@@ -501,10 +501,14 @@ def test_gpu_roles_request_gpus_on_gpu_nodes(docs: list[dict[str, Any]]) -> None
         assert "nvidia.com/gpu" not in str(c["resources"])
 
 
-def test_single_alerts_replica_and_ingest_shards(docs: list[dict[str, Any]]) -> None:
+def test_alerts_replicas_share_shards_and_ingest_shards(docs: list[dict[str, Any]]) -> None:
     deps = by_kind(docs, "Deployment")
     alerts = deps["fw-alerts"]["spec"]
-    assert alerts["replicas"] == 1 and alerts["strategy"]["type"] == "Recreate"
+    # Several alerts pods are safe (advisory-lock shards): rolling updates, no Recreate gap.
+    assert alerts["replicas"] == 2 and alerts["strategy"]["type"] == "RollingUpdate"
+    env = {e["name"]: e.get("value") for e in alerts["template"]["spec"]["containers"][0]["env"]}
+    assert int(env["FW_ALERTS__SHARDS"]) >= alerts["replicas"]
+    assert float(env["FW_ALERTS__LEADERSHIP_POLL_S"]) > 0
     for i in (0, 1):
         spec = deps[f"fw-ingest-{i}"]["spec"]
         assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
