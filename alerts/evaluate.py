@@ -94,8 +94,14 @@ class WindowEvaluator:
             return out
         span = clip_span_s(camera.sample_interval_s)
         clips = self.memory.range(camera.id, 0, start - span, end)
-        starts = clips_in_window([c.t[0] for c in clips], start, end, camera.sample_interval_s)
-        frac = coverage_fraction(starts, start, end, camera.sample_interval_s)
+        overlapping = [c.t[0] for c in clips]
+        starts = clips_in_window(overlapping, start, end, camera.sample_interval_s)
+        # Coverage counts every clip overlapping the window, not only those scored on it:
+        # clips start on the camera's own 4-frame grid, so with a phase other than 0 or
+        # span/2 against the step grid, the scored clips alone leave up to half a clip
+        # uncovered at an edge (a 2.2 s phase: 77 % of an 8 s window), and every window of
+        # that camera would be skipped as missing footage forever.
+        frac = coverage_fraction(overlapping, start, end, camera.sample_interval_s)
         if frac < self.config.min_coverage:
             reason = f"missing footage: {frac:.0%} of the window covered"
             out.updates += [skip_update(r, camera, states, end, reason) for r in active]

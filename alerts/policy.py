@@ -77,6 +77,8 @@ def coverage_fraction(
     """Share of [start, end) covered by clips (each spanning `clip_span_s`), 0..1.
 
     Overlapping clips are not double counted, so a stuttering camera cannot fake coverage.
+    Pass every clip that overlaps the window (parts outside it are not counted), not just
+    `clips_in_window`: a clip straddling an edge covers its part of the window either way.
     """
     if end <= start:
         return 0.0
@@ -98,7 +100,8 @@ def clips_in_window(
 
     Clips start wherever the camera's 4-frame grouping put them, not on the step grid, so
     "wholly inside" lost up to a clip at each edge: with a 2 s phase an 8 s window was only
-    ever half covered and was skipped as missing footage forever.
+    ever half covered and was skipped as missing footage forever. The same holds for
+    coverage: measure it on every overlapping clip (`coverage_fraction`), not on these.
     """
     span = clip_span_s(sample_interval_s)
     return sorted(t for t in clip_starts if min(t + span, end) - max(t, start) >= span / 2 - 1e-6)

@@ -144,6 +144,32 @@ def test_missing_footage_is_skipped_and_recorded(engine: Engine, memory: RedisSt
         assert st.last_skip_reason is not None and "missing footage" in st.last_skip_reason
 
 
+@pytest.mark.parametrize("phase", [0.2, 1.2, 2.2, 3.1])
+def test_clips_off_the_step_grid_cover_every_window(
+    engine: Engine, memory: RedisStore, phase: float
+) -> None:
+    """Regression: a live camera's clips start on its own 4-frame grid, `phase` s after the
+    rule's step grid. Coverage used to be measured on the clips scored (those mostly inside
+    the window) only, so with phase 1.2, 2.2 or 3.1 every 8 s window looked 85 %, 77 % or
+    89 % covered, was skipped as missing footage, and the camera never alerted (the
+    distributed acceptance test waited for its first alert in vain)."""
+    rule = add_rule(
+        engine, "fence", [CAM], window_s=8.0, step_s=4.0, hysteresis_k=1, hysteresis_n=1
+    )
+    reasoner = ScriptedReasoner(lambda _r, _e: 0.9)
+    sched = scheduler(engine, memory, reasoner)
+    feed(memory, CAM, T0 + phase - 4, T0 + 20)  # continuous footage, no gap
+    sched.run_once()
+    feed(memory, CAM, T0 + phase + 20, T0 + 44)
+    sched.run_once()
+    ends = [c.window.t_to for c in reasoner.score_calls()]
+    assert ends == [T0 + 20 + 4 * i for i in range(7)]
+    with Session(engine) as s:
+        st = s.get(AlertRuleState, (rule.id, CAM))
+        assert st is not None and st.skipped == 0 and st.evaluations == 7
+    assert len(alerts(engine)) == 7
+
+
 def test_report_mode_posts_each_answer(engine: Engine, memory: RedisStore) -> None:
     add_rule(engine, "count", [CAM], mode="report")
     sched = scheduler(engine, memory, ScriptedReasoner(lambda _r, e: 0.3))
