@@ -16,6 +16,7 @@ import statistics
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -29,6 +30,20 @@ from tests.apiharness import live_server, make_api, settings_for
 from tests.integration.alerts.helpers import T0, feed
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.integration, pytest.mark.slow]
+
+# How long the flood may take to get a question into the reasoner (normally well under 1 s;
+# the bound only keeps a broken API or reasoner from hanging the test).
+FLOOD_START_TIMEOUT_S = 30.0
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, what: Callable[[], str]) -> float:
+    """Poll `pred` until it holds; the seconds it took, or AssertionError after `timeout`."""
+    t0 = time.monotonic()
+    while not pred():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what()}")
+        time.sleep(0.02)
+    return time.monotonic() - t0
 
 
 def test_a4_query_flood_gets_429_and_alerts_keep_priority(tmp_path: Path) -> None:
@@ -62,6 +77,11 @@ def test_a4_query_flood_gets_429_and_alerts_keep_priority(tmp_path: Path) -> Non
     retry_after: list[str] = []
     stop = threading.Event()
     lock = threading.Lock()
+
+    def refused() -> int:
+        with lock:
+            return statuses[429]
+
     try:
         baseline = [step() for _ in range(4)]
         with live_server(api.state) as base:
@@ -82,7 +102,13 @@ def test_a4_query_flood_gets_429_and_alerts_keep_priority(tmp_path: Path) -> Non
             threads = [threading.Thread(target=flood) for _ in range(12)]
             for th in threads:
                 th.start()
-            time.sleep(0.5)  # let the flood fill the slots
+            # Let the flood fill the slots: the API has refused someone (both slots taken) and
+            # a question is in the reasoner. A fixed sleep is too short on a loaded machine.
+            waited = wait_until(
+                lambda: refused() >= 1 and len(service.policy.queries) >= 1,
+                FLOOD_START_TIMEOUT_S,
+                lambda: f"the query flood to reach the reasoner (statuses {dict(statuses)})",
+            )
             flooded, busy = [], []
             for _ in range(4):
                 busy.append(len(service.policy.queries))  # questions queued or running now
@@ -91,10 +117,12 @@ def test_a4_query_flood_gets_429_and_alerts_keep_priority(tmp_path: Path) -> Non
             for th in threads:
                 th.join(120)
     finally:
+        stop.set()  # also when a wait or a step failed: no flood thread outlives the test
         service.close()
         store.close()
     b, f = statistics.mean(baseline), statistics.mean(flooded)
-    print(f"A4: statuses {dict(statuses)}; questions in the reasoner at each step {busy}; "
+    print(f"A4: flood in progress after {waited:.2f} s; statuses {dict(statuses)}; "
+          f"questions in the reasoner at each step {busy}; "
           f"alert step {b:.3f} s baseline, {f:.3f} s in flood")  # fmt: skip
     assert all(n >= 1 for n in busy)  # the flood really was in progress during the steps
     assert statuses[200] >= 1 and statuses[429] >= 1  # admitted up to capacity, then refused
