@@ -37,6 +37,22 @@ def train_cmd(
     warmup: Annotated[int, typer.Option(help="Warm-up steps.")] = 100,
     min_clips: Annotated[int, typer.Option(help="Fewest 4-frame clips per window.")] = 4,
     max_clips: Annotated[int, typer.Option(help="Most 4-frame clips per window.")] = 16,
+    questions: Annotated[int, typer.Option(help="Questions per window per step.")] = 8,
+    stage: Annotated[
+        str, typer.Option(help="oracle (symbolic visual tokens, stage 1) or video (pixels).")
+    ] = "video",
+    freeze_llm_steps: Annotated[
+        int, typer.Option(help="Video stage: steps that train only encoder + projector.")
+    ] = 0,
+    compact: Annotated[
+        bool, typer.Option(help="Oracle stage: actor slots only, no filler tokens.")
+    ] = False,
+    focus: Annotated[
+        bool, typer.Option(help="Mostly presence / 'did X happen' questions (alert rules).")
+    ] = False,
+    distill_weight: Annotated[
+        float, typer.Option(help="Video stage: weight of the oracle-token distillation loss.")
+    ] = 1.0,
 ) -> None:
     """Train encoder + projector + LLM end to end and export a VideoChat-Flash directory."""
     from reasoner.tiny.train import TrainOptions, train
@@ -44,7 +60,9 @@ def train_cmd(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     opts = TrainOptions(
         seed=seed, minutes=minutes, steps=steps, threads=threads, scenes=scenes, init=init,
-        lr=lr, warmup=warmup, clips=(min_clips, max_clips),
+        lr=lr, warmup=warmup, clips=(min_clips, max_clips), questions_per_window=questions,
+        stage=stage, compact=compact, freeze_llm_steps=freeze_llm_steps,
+        distill_weight=distill_weight, focus=focus,
     )  # fmt: skip
     summary = train(opts, out)
     summary.pop("history", None)

@@ -26,8 +26,12 @@ from reasoner.answers import relevance_question, rule_question
 RENDER_W, RENDER_H = 160, 120  # rendered, then squashed to S x S like any camera frame
 SCENE_SECONDS = 300.0
 WINDOW_S = (16, 64)
-QUESTION_KINDS = ("presence", "happened", "relevance", "colour", "count", "when")
-KIND_WEIGHTS = (0.26, 0.26, 0.12, 0.12, 0.12, 0.12)
+QUESTION_KINDS = ("presence", "happened", "relevance", "colour", "count", "when", "caption")
+KIND_WEIGHTS = (0.22, 0.22, 0.10, 0.10, 0.10, 0.10, 0.16)
+# The product's questions first: presence and "did X happen" (the alert-rule wording).
+FOCUS_WEIGHTS = (0.42, 0.42, 0.08, 0.02, 0.02, 0.02, 0.02)
+CAPTION_QUESTION = "What appears in the video?"
+CAPTION_MAX = 5
 # event kind -> (actor kind, question, description forms); {s} = the subject phrase
 EVENTS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "park": ("car", "Did {s} park?", ("{s} parked", "{s} is parked", "{s} parking")),
@@ -190,11 +194,20 @@ def _pick_colour(rng: np.random.Generator, present: Sequence[str], positive: boo
     return pool[int(rng.integers(len(pool)))]
 
 
+def seen_any(w: Window) -> list[Track]:
+    return [tr for kind in ("person", "car", "bag") for tr in seen_tracks(w.truth, w.times, kind)]
+
+
 def presence_qa(w: Window, rng: np.random.Generator) -> QA:
+    if rng.random() < 0.2:  # one attribute at a time: the easiest match to learn first
+        hue = _pick_colour(rng, [tr.colour for tr in seen_any(w)], bool(rng.random() < 0.5))
+        yes = any(tr.colour == hue for tr in seen_any(w))
+        return QA("presence", f"Is there anything {hue} in the video? Answer yes or no.",
+                  _yes_no(yes))  # fmt: skip
     actor = ("person", "car", "bag")[int(rng.integers(3))]
     present = [tr.colour for tr in seen_tracks(w.truth, w.times, actor)]
     colour: str | None = _pick_colour(rng, present, bool(rng.random() < 0.5))
-    if rng.random() < 0.15:
+    if rng.random() < 0.25:
         colour = None
     yes = bool(seen_tracks(w.truth, w.times, actor, colour))
     s = subject(actor, colour)
@@ -280,7 +293,27 @@ def when_qa(w: Window, rng: np.random.Generator) -> QA | None:
     return QA("when", f"When did {s} {verb}?", f"At {round(offset)} seconds.")
 
 
-def questions_for(w: Window, rng: np.random.Generator, n: int) -> list[QA]:
+def caption_qa(w: Window, rng: np.random.Generator) -> QA:
+    """Everything seen, in order of first appearance: dense supervision that ties each actor's
+    visual tokens to its words (one answer token per attribute instead of one yes/no bit)."""
+    del rng
+    times = w.times
+    seen = []
+    for tr in w.truth.tracks:
+        hits = [t for t in times if on_screen(tr, t)]
+        if hits:
+            seen.append((hits[0], tr.actor_id, subject(tr.actor_kind, tr.colour)))
+    seen.sort()
+    items = [s for _, _, s in seen[:CAPTION_MAX]]
+    if not items:
+        return QA("caption", CAPTION_QUESTION, "Nothing.")
+    text = items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+    return QA("caption", CAPTION_QUESTION, text[0].upper() + text[1:] + ".")
+
+
+def questions_for(
+    w: Window, rng: np.random.Generator, n: int, weights: Sequence[float] = KIND_WEIGHTS
+) -> list[QA]:
     """n questions of mixed kinds about one window (kinds without a valid question re-drawn)."""
     makers = {
         "presence": presence_qa,
@@ -289,10 +322,11 @@ def questions_for(w: Window, rng: np.random.Generator, n: int) -> list[QA]:
         "colour": colour_qa,
         "count": count_qa,
         "when": when_qa,
+        "caption": caption_qa,
     }
     out: list[QA] = []
     while len(out) < n:
-        kind = QUESTION_KINDS[int(rng.choice(len(QUESTION_KINDS), p=KIND_WEIGHTS))]
+        kind = QUESTION_KINDS[int(rng.choice(len(QUESTION_KINDS), p=weights))]
         qa = makers[kind](w, rng)
         if qa is not None:
             out.append(qa)
@@ -316,6 +350,6 @@ def corpus_texts() -> list[str]:
             texts += [rule_question(s), relevance_question(question.format(s=s))]
             if kind in WHEN_VERBS:
                 texts.append(f"When did {s} {WHEN_VERBS[kind]}?")
-    texts += [c.capitalize() for c in COLOURS] + ["Yes", "No"]
+    texts += [c.capitalize() for c in COLOURS] + ["Yes", "No", "Nothing.", CAPTION_QUESTION]
     texts += [f"At {i} seconds." for i in range(0, 130)]
     return texts

@@ -94,7 +94,10 @@ def evaluate(
                 continue
             inputs = build_inputs(tok, llm.embed, qa.question, [seg])
             gen = llm.generate_greedy(
-                inputs.inputs_embeds, inputs.visual_spans, max_new_tokens=8, stop_ids=stop
+                inputs.inputs_embeds,
+                inputs.visual_spans,
+                max_new_tokens=40 if qa.kind == "caption" else 8,
+                stop_ids=stop,
             )
             answer = str(tok.decode(gen.tokens, skip_special_tokens=True)).strip()
             if len(examples) < 12:

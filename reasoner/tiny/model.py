@@ -31,6 +31,7 @@ from reasoner.modeling_qwen2_flash import (
 )
 from reasoner.projector import CHECKPOINT_PREFIX as PROJECTOR_PREFIX
 from reasoner.projector import MMProjector
+from reasoner.tiny.oracle import TOKENS_PER_CLIP, Slots, chamfer, compact_block, oracle_block
 
 IGNORE = -100
 
@@ -52,6 +53,7 @@ class TinyConfig:
     intermediate_size: int = 256
     vocab_size: int = 512
     aux_labels: int = 18  # (person, car, bag) x 6 colours, see `data.clip_labels`
+    init_std: float = 0.02  # Qwen2's `initializer_range` for the LLM and projector
 
     def umt(self) -> UMTConfig:
         return UMTConfig(
@@ -91,6 +93,23 @@ class Batch:
     suffix_ids: list[list[list[int]]]
     n_answer: list[list[int]]
     clip_labels: Tensor | None = None  # (C, A) auxiliary per-clip targets, training only
+    slots: list[list[Slots]] | None = None  # per window, per clip: oracle slots (training only)
+    # per window, per question: suffix positions [a, b) that also learn to predict the first
+    # answer token (yes/no questions; training only, see `TinyVideoChat.window_logits`)
+    early: list[list[tuple[int, int] | None]] | None = None
+
+
+def qwen2_init(module: nn.Module, std: float) -> None:
+    """Qwen2's initialisation: N(0, std) for Linear and Embedding weights, zero biases.
+
+    PyTorch's defaults give embeddings N(0, 1), about 50x the projected visual tokens; the first
+    run with them learned the answer priors and never looked at the video.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Linear | nn.Embedding):
+            nn.init.normal_(m.weight, 0.0, std)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
 
 
 class TinyVideoChat(nn.Module):
@@ -103,13 +122,34 @@ class TinyVideoChat(nn.Module):
         # Training-only probe (not exported): per-token logits, max over a clip's tokens.
         self.aux_head = nn.Linear(config.vision_dim, config.aux_labels)
         self.aux_loss: Tensor | None = None
+        self.distill_loss: Tensor | None = None
+        self.early_logits: list[tuple[Tensor, Tensor]] = []
+        self.oracle = False  # stage 1: read oracle tokens instead of pixels (see `oracle`)
+        self.compact = False  # oracle tokens without the filler (`oracle.compact_block`)
+        self.filler_id = 0
+        qwen2_init(self.llm, config.init_std)
+        qwen2_init(self.projector, config.init_std)
+
+    def oracle_blocks(self, batch: Batch) -> list[Tensor]:
+        assert batch.slots is not None
+        embed = self.llm.model.embed_tokens
+        if self.compact and self.oracle:
+            return [compact_block(embed, slots, self.filler_id) for slots in batch.slots]
+        return [oracle_block(embed, slots, self.filler_id)[0] for slots in batch.slots]
 
     def visual_blocks(self, batch: Batch) -> list[Tensor]:
+        self.aux_loss = self.distill_loss = None
+        if self.oracle:
+            return self.oracle_blocks(batch)
         feats = self.vision(batch.pixels)  # (C, 64, M)
         if batch.clip_labels is not None:
             aux = self.aux_head(feats).amax(dim=1)  # (C, A)
             self.aux_loss = F.binary_cross_entropy_with_logits(aux, batch.clip_labels)
         tokens = self.projector(feats)  # (C, 64, D)
+        if batch.slots is not None:
+            with torch.no_grad():
+                target = torch.cat(self.oracle_blocks(batch))
+            self.distill_loss = chamfer(tokens, target.view(tokens.shape[0], TOKENS_PER_CLIP, -1))
         return [tokens[a:b].flatten(0, 1) for a, b in batch.clip_ranges]  # (n*64, D) each
 
     def _run(self, x: Tensor, start: int, past: list[KV] | None) -> tuple[Tensor, list[KV]]:
@@ -124,20 +164,38 @@ class TinyVideoChat(nn.Module):
         return x, kvs
 
     def window_logits(
-        self, prefix: Tensor, suffixes: list[list[int]], n_answer: list[int]
+        self,
+        prefix: Tensor,
+        suffixes: list[list[int]],
+        n_answer: list[int],
+        early: list[tuple[int, int] | None] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """One window: the prefix (1, P, D) runs once, its questions (right-padded) attend to
-        its keys/values. Returns logits (n, V) at the answer positions and their targets (n,)."""
+        its keys/values. Returns logits (n, V) at the answer positions and their targets (n,).
+
+        `early` spans (deep supervision, training only) make the question's own tokens predict
+        the first answer token too; their logits/targets are kept in `self.early_logits`.
+        Why: a yes/no answer needs two attention hops (question words find the matching
+        visual tokens; the answer position reads the question words), and neither is learned
+        before the other pays off. Supervising the question tokens teaches the first hop alone.
+        """
         _, past = self._run(prefix, 0, None)
         dev = prefix.device
         length = max(len(s) for s in suffixes)
         ids = torch.zeros(len(suffixes), length, dtype=torch.long, device=dev)
         target = torch.full_like(ids, IGNORE)
+        early_target = torch.full_like(ids, IGNORE)
         for q, (suf, n) in enumerate(zip(suffixes, n_answer, strict=True)):
             ids[q, : len(suf)] = torch.tensor(suf, device=dev)
             target[q, len(suf) - n - 1 : len(suf) - 1] = ids[q, len(suf) - n : len(suf)]
+            span = early[q] if early is not None else None
+            if span is not None:
+                early_target[q, span[0] : span[1]] = suf[len(suf) - n]
         h, _ = self._run(self.llm.model.embed_tokens(ids), prefix.shape[1], past)
         mask = target != IGNORE  # position t predicts token t+1
+        emask = early_target != IGNORE
+        if bool(emask.any()):
+            self.early_logits.append((self.llm.logits_of(h[emask]), early_target[emask]))
         return self.llm.logits_of(h[mask]), target[mask]
 
     def loss(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
@@ -145,14 +203,23 @@ class TinyVideoChat(nn.Module):
         blocks = self.visual_blocks(batch)
         embed = self.llm.model.embed_tokens
         logits, targets = [], []
+        self.early_logits = []
         for w, block in enumerate(blocks):
             pre = torch.tensor(batch.prefix_ids[w], device=block.device)
             prefix = torch.cat([embed(pre), block])[None]  # (1, P, D)
-            lg, tg = self.window_logits(prefix, batch.suffix_ids[w], batch.n_answer[w])
+            early = batch.early[w] if batch.early is not None else None
+            lg, tg = self.window_logits(prefix, batch.suffix_ids[w], batch.n_answer[w], early)
             logits.append(lg)
             targets.append(tg)
         logit, target = torch.cat(logits), torch.cat(targets)
         return F.cross_entropy(logit, target), logit.argmax(-1), target
+
+    def early_loss(self) -> Tensor | None:
+        """Cross-entropy of the deep-supervision positions of the last `loss` call."""
+        if not self.early_logits:
+            return None
+        logit = torch.cat([lg for lg, _ in self.early_logits])
+        return F.cross_entropy(logit, torch.cat([tg for _, tg in self.early_logits]))
 
 
 # ----------------------------------------------------------------------------- export

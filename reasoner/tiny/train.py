@@ -32,6 +32,8 @@ from reasoner.prompt import (
     user_message,
 )
 from reasoner.tiny.data import (
+    FOCUS_WEIGHTS,
+    KIND_WEIGHTS,
     QA,
     Window,
     clip_labels,
@@ -47,6 +49,7 @@ from reasoner.tiny.model import (
     load_exported,
     parameter_count,
 )
+from reasoner.tiny.oracle import clip_slots
 from reasoner.tiny.tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
@@ -70,6 +73,12 @@ class TrainOptions:
     aux_weight: float = 1.0  # auxiliary per-clip (actor, colour) loss on the encoder; 0 = off
     threads: int = 1
     log_every: int = 25
+    stage: str = "video"  # "oracle": symbolic visual tokens (see `oracle`); "video": pixels
+    distill_weight: float = 1.0  # video stage: pull projected tokens onto the oracle tokens
+    freeze_llm_steps: int = 0  # video stage: train only encoder + projector at first
+    early_weight: float = 0.0  # deep supervision of yes/no question tokens (see model)
+    compact: bool = False  # oracle stage: only the actor slots, no filler tokens
+    focus: bool = False  # mostly presence / "did X happen" questions (`data.FOCUS_WEIGHTS`)
     config: TinyConfig = field(default_factory=TinyConfig)
 
 
@@ -93,27 +102,60 @@ def clips_of(window: Window) -> torch.Tensor:
     return x.reshape(-1, 4, *x.shape[1:])
 
 
+ASSISTANT_TAIL = 4  # "<|im_end|>", "\n", "<|im_start|>", "assistant" before the last "\n"
+_PROMPTS: dict[tuple[int, str, float, int], tuple[list[int], list[int]]] = {}
+
+
+def _prompt_ids_cached(tok: Any, question: str, duration: float, n: int) -> tuple[list, list]:
+    key = (id(tok), question, duration, n)
+    if key not in _PROMPTS:
+        _PROMPTS[key] = prompt_ids(tok, question, duration, n)
+    return _PROMPTS[key]
+
+
 def make_batch(
-    tok: Any, windows: Sequence[Window], qas: Sequence[Sequence[QA]], aux: bool = False
+    tok: Any,
+    windows: Sequence[Window],
+    qas: Sequence[Sequence[QA]],
+    aux: bool = False,
+    *,
+    pixels_too: bool = True,
+    slots: bool = False,
+    early: bool = False,
 ) -> Batch:
     pixels, ranges, prefixes, suffixes, n_answer = [], [], [], [], []
+    spans: list[list[tuple[int, int] | None]] = []
     start = 0
     for window, questions in zip(windows, qas, strict=True):
-        clips = clips_of(window)
-        pixels.append(clips)
-        ranges.append((start, start + clips.shape[0]))
-        start += clips.shape[0]
+        n_clips = len(window.frames) // 4
+        if pixels_too:
+            pixels.append(clips_of(window))
+        ranges.append((start, start + n_clips))
+        start += n_clips
         sufs, ns = [], []
+        spans.append([])
         for qa in questions:
-            pre, suf = prompt_ids(tok, qa.question, window.duration, len(window.frames))
+            pre, suf = _prompt_ids_cached(tok, qa.question, window.duration, len(window.frames))
             ans = answer_ids(tok, qa.answer)
+            if early and qa.answer in ("Yes", "No"):
+                n_question = len(tok(" " + qa.question)["input_ids"])
+                answer_at = len(suf) - 1  # suf ends with "assistant\n": predicts the answer
+                spans[-1].append((max(0, answer_at - ASSISTANT_TAIL - n_question + 2), answer_at))
+            else:
+                spans[-1].append(None)
             sufs.append(suf + ans)
             ns.append(len(ans))
         prefixes.append(pre)
         suffixes.append(sufs)
         n_answer.append(ns)
     labels = torch.from_numpy(np.concatenate([clip_labels(w) for w in windows])) if aux else None
-    return Batch(torch.cat(pixels), ranges, prefixes, suffixes, n_answer, labels)
+    batch = Batch(
+        torch.cat(pixels) if pixels else torch.empty(0), ranges, prefixes, suffixes, n_answer
+    )
+    batch.clip_labels = labels
+    batch.slots = [clip_slots(w, tok) for w in windows] if slots else None
+    batch.early = spans if early else None
+    return batch
 
 
 def window_pool(
@@ -146,10 +188,17 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
     pool = window_pool(seeds, opts.windows_per_scene, opts.config.image_size, opts.clips)
     log.info("pool: %d windows in %.1f s", len(pool), time.perf_counter() - t_start)
 
+    if opts.stage not in ("oracle", "video"):
+        raise ValueError(f"stage must be 'oracle' or 'video', got {opts.stage!r}")
     model = TinyVideoChat(opts.config)
+    model.oracle = opts.stage == "oracle"
+    model.compact = opts.compact
+    model.filler_id = int(tok.convert_tokens_to_ids("<|endoftext|>"))
     if opts.init is not None:
         load_exported(model, opts.init)
         log.info("initialised from %s", opts.init)
+    video = opts.stage == "video"
+    distill = video and opts.distill_weight > 0
     n_params = parameter_count([model])
     log.info("model: %d parameters", n_params)
     optim = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -157,6 +206,9 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
     t_train = time.perf_counter()
     step, history = 0, []
     ema_loss, ema_acc, ema_aux = None, None, None
+    # Diagnostic: yes/no answer accuracy against always answering the majority ("No").
+    yes_no = torch.tensor([answer_ids(tok, "Yes")[0], answer_ids(tok, "No")[0]])
+    yn_hits, yn_no, yn_total = 0, 0, 0
     while True:
         elapsed = time.perf_counter() - t_start
         if opts.steps is not None and step >= opts.steps:
@@ -168,27 +220,49 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
             group["lr"] = lr_at(progress, step, opts)
         idx = rng.choice(len(pool), size=opts.batch_windows, replace=False)
         windows = [pool[int(i)] for i in idx]
-        qas = [questions_for(w, rng, opts.questions_per_window) for w in windows]
-        batch = make_batch(tok, windows, qas, aux=opts.aux_weight > 0)
+        weights = FOCUS_WEIGHTS if opts.focus else KIND_WEIGHTS
+        qas = [questions_for(w, rng, opts.questions_per_window, weights) for w in windows]
+        batch = make_batch(
+            tok, windows, qas, aux=video and opts.aux_weight > 0, pixels_too=video, slots=not video
+            or distill, early=opts.early_weight > 0,
+        )  # fmt: skip
+        frozen = video and step < opts.freeze_llm_steps
+        for p in model.llm.parameters():
+            p.requires_grad_(not frozen)
         model.train()
         loss, pred, target = model.loss(batch)
         total = loss + opts.aux_weight * model.aux_loss if model.aux_loss is not None else loss
+        if model.distill_loss is not None:
+            total = total + opts.distill_weight * model.distill_loss
+        early_loss = model.early_loss()
+        if early_loss is not None:
+            total = total + opts.early_weight * early_loss
         optim.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optim.step()
         acc, value = float((pred == target).float().mean()), float(loss.detach())
+        is_yn = torch.isin(target, yes_no)
+        yn_hits += int((pred[is_yn] == target[is_yn]).sum())
+        yn_no += int((target[is_yn] == yes_no[1]).sum())
+        yn_total += int(is_yn.sum())
         aux_value = float(model.aux_loss.detach()) if model.aux_loss is not None else 0.0
+        if model.distill_loss is not None:
+            aux_value = float(model.distill_loss.detach())  # logged in the aux column
         ema_aux = aux_value if ema_aux is None else 0.95 * ema_aux + 0.05 * aux_value
         ema_loss = value if ema_loss is None else 0.95 * ema_loss + 0.05 * value
         ema_acc = acc if ema_acc is None else 0.95 * ema_acc + 0.05 * acc
         step += 1
         if step % opts.log_every == 0:
-            row = {"step": step, "loss": ema_loss, "token_acc": ema_acc, "aux": ema_aux}
+            yn_acc, yn_base = yn_hits / max(yn_total, 1), yn_no / max(yn_total, 1)
+            row = {"step": step, "loss": ema_loss, "token_acc": ema_acc, "aux": ema_aux,
+                   "yes_no_acc": yn_acc, "yes_no_majority": max(yn_base, 1 - yn_base)}  # fmt: skip
             history.append({k: round(float(v or 0.0), 4) for k, v in row.items()})
-            log.info("step %d loss %.4f token-acc %.3f aux %.4f lr %.2e %.0f s", step, ema_loss,
-                     ema_acc, ema_aux, optim.param_groups[0]["lr"],
+            log.info("step %d loss %.4f token-acc %.3f yes/no %.3f (majority %.3f) aux %.4f "
+                     "lr %.2e %.0f s", step, ema_loss, ema_acc, yn_acc, row["yes_no_majority"],
+                     ema_aux, optim.param_groups[0]["lr"],
                      time.perf_counter() - t_start)  # fmt: skip
+            yn_hits, yn_no, yn_total = 0, 0, 0
     train_s = time.perf_counter() - t_train
     summary = {
         "seed": opts.seed,
