@@ -153,6 +153,11 @@ class IngestConfig(Section):
     allow_file_sources: bool = Field(
         False, description="Allow file:// sources (importing footage, the demo)."
     )
+    file_realtime: bool = Field(
+        False,
+        description="Replay file sources at their own frame rate, like a live camera (the "
+        "demo); off: import as fast as they decode.",
+    )
     thumb_width: int = Field(320, ge=32, le=1920, description="Thumbnail width in pixels.")
     jpeg_quality: int = Field(90, ge=30, le=100, description="JPEG quality of encoder frames.")
     replica_index: int = Field(0, ge=0, le=1023, description="This ingest replica's index.")

@@ -27,6 +27,30 @@ from flashwatch.pipeline import Pipeline
 log = logging.getLogger("flashwatch")
 ROLES = ("api", "ingest", "encoder", "reasoner", "alerts")
 ADMIN_TOKEN_FILE = "admin.token"  # noqa: S105 (a file name, not a secret)
+BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "models" / "tiny"
+
+
+def with_bundled_model(settings: Settings, bundled: Path = BUNDLED_MODEL) -> Settings:
+    """`serve` without any model configured runs the bundled tiny synthetic-world model.
+
+    Only the all-in-one `serve` does this (and says so): a distributed role without a model
+    directory is a configuration mistake and must not quietly run a toy model.
+    """
+    if settings.encoder.model_dir or settings.reasoner.model_dir or settings.reasoner.url:
+        return settings
+    if not (bundled / "config.json").is_file():
+        return settings
+    log.warning(
+        "no model directory configured: using the bundled tiny model %s, trained only on "
+        "synthetic scenes (set encoder.model_dir and reasoner.model_dir for VideoChat-Flash)",
+        bundled,
+    )
+    return settings.model_copy(
+        update={
+            "encoder": settings.encoder.model_copy(update={"model_dir": bundled}),
+            "reasoner": settings.reasoner.model_copy(update={"model_dir": bundled}),
+        }
+    )
 
 
 def build_state(settings: Settings, *, migrate: bool = True) -> AppState:
@@ -68,6 +92,8 @@ def ensure_admin_token(state: AppState) -> Path | None:
 
 def serve(settings: Settings, roles: tuple[str, ...] = ROLES) -> None:
     """Run the given roles in this process until SIGINT/SIGTERM, then stop them in order."""
+    if roles == ROLES:
+        settings = with_bundled_model(settings)
     state = build_state(settings)
     token_file = ensure_admin_token(state) if "api" in roles else None
     if token_file is not None:

@@ -113,5 +113,6 @@ class WorkerSettings:
             stable_uptime_s=cfg.stable_uptime_s,
             auth_retry_s=max(cfg.backoff_max_s, 60.0),
             allow_file_sources=cfg.allow_file_sources,
+            file_realtime=cfg.file_realtime,
             network_policy=camera_policy(cfg),
         )

@@ -113,6 +113,36 @@ def serve(
 
 
 @app.command()
+def demo(
+    port: Annotated[int, typer.Option(help="API port while the demo runs.")] = 8080,
+    data_dir: Annotated[Path, typer.Option(help="Demo data directory (cleared at start).")] = Path(
+        "data/demo"
+    ),
+    seconds: Annotated[float, typer.Option(min=60, max=3600, help="Footage per camera.")] = 150,
+    linger: Annotated[
+        float | None,
+        typer.Option(help="Seconds the API stays up after the answer (default: until Ctrl-C)."),
+    ] = None,
+    model_dir: Annotated[
+        Path | None, typer.Option(help="Model directory (default: the bundled tiny model).")
+    ] = None,
+) -> None:
+    """Synthetic cameras, a standing rule, live alerts and a question, all in one process."""
+    from flashwatch.demo import DemoOptions, run_demo
+    from flashwatch.logging_setup import setup_logging
+
+    setup_logging("WARNING", False)
+    opts = DemoOptions(
+        data_dir=data_dir, port=port, seconds=seconds, linger_s=linger, model_dir=model_dir
+    )
+    try:
+        run_demo(opts, echo=typer.echo)
+    except (RuntimeError, ConfigError) as exc:
+        typer.echo(f"demo failed: {exc}", err=True)
+        raise typer.Exit(3) from None
+
+
+@app.command()
 def run(
     role: Annotated[str, typer.Argument(help="api | ingest | encoder | reasoner | alerts")],
     config: ConfigOpt = None,
