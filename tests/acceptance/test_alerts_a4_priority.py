@@ -16,7 +16,6 @@ import statistics
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -28,22 +27,13 @@ from flashwatch.config import ReasonerConfig
 from memory.sqlite_store import SqliteStore
 from tests.apiharness import live_server, make_api, settings_for
 from tests.integration.alerts.helpers import T0, feed
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.integration, pytest.mark.slow]
 
 # How long the flood may take to get a question into the reasoner (normally well under 1 s;
 # the bound only keeps a broken API or reasoner from hanging the test).
 FLOOD_START_TIMEOUT_S = 30.0
-
-
-def wait_until(pred: Callable[[], bool], timeout: float, what: Callable[[], str]) -> float:
-    """Poll `pred` until it holds; the seconds it took, or AssertionError after `timeout`."""
-    t0 = time.monotonic()
-    while not pred():
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what()}")
-        time.sleep(0.02)
-    return time.monotonic() - t0
 
 
 def test_a4_query_flood_gets_429_and_alerts_keep_priority(tmp_path: Path) -> None:
@@ -104,7 +94,7 @@ def test_a4_query_flood_gets_429_and_alerts_keep_priority(tmp_path: Path) -> Non
                 th.start()
             # Let the flood fill the slots: the API has refused someone (both slots taken) and
             # a question is in the reasoner. A fixed sleep is too short on a loaded machine.
-            waited = wait_until(
+            waited = wait_for(
                 lambda: refused() >= 1 and len(service.policy.queries) >= 1,
                 FLOOD_START_TIMEOUT_S,
                 lambda: f"the query flood to reach the reasoner (statuses {dict(statuses)})",

@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,7 @@ from memory.store import MemoryBackpressure, MemoryUnavailable
 from memory.testing import RedisServer
 from tests import services
 from tests.acceptance.checker import check, memory_dump, missing
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.integration, pytest.mark.slow]
 
@@ -99,15 +100,6 @@ def private_redis() -> Iterator[str]:
 def tiny_encoder() -> object:
     torch.manual_seed(0)
     return create_backend("torch", model=randomize_(UMTClipEncoder(tiny_config()), seed=MODEL_SEED))
-
-
-def wait_for(pred: Callable[[], bool], timeout: float, what: str, step: float = 0.05) -> float:
-    t0 = time.monotonic()
-    while not pred():
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(step)
-    return time.monotonic() - t0
 
 
 class RecordingStore:

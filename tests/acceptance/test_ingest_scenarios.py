@@ -43,6 +43,7 @@ from ingest.metrics import IngestCollector
 from tests import services
 from tests.integration.ingest.test_file_source import corrupt
 from tests.media import make_h264
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.integration, pytest.mark.slow]
 
@@ -65,15 +66,6 @@ FLAP_S = 24.0
 N_MASS = 12
 RATE, BURST = 4.0, 2
 PASSWORD = "s3cr@t:pa/ss%40word"  # a test credential
-
-
-def wait_for(pred: Callable[[], bool], timeout: float, what: str, step: float = 0.05) -> float:
-    t0 = time.monotonic()
-    while not pred():
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(step)
-    return time.monotonic() - t0
 
 
 def open_fds() -> int:

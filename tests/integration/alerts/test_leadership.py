@@ -29,6 +29,7 @@ from tests.integration.alerts.helpers import (
     alerts,
     feed,
 )
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 POLL = 0.2
@@ -73,15 +74,6 @@ def assert_partition(leaders: list[PgShardLeadership], shards: int) -> None:
     owned = [lead.owned() for lead in leaders]
     assert sum(len(o) for o in owned) == shards, owned  # no overlap ...
     assert frozenset().union(*owned) == frozenset(range(shards)), owned  # ... and all covered
-
-
-def wait_for(cond: Callable[[], bool], timeout_s: float) -> float:
-    t0 = time.monotonic()
-    while not cond():
-        if time.monotonic() - t0 > timeout_s:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        time.sleep(0.02)
-    return time.monotonic() - t0
 
 
 @pytest.mark.parametrize(("replicas", "shards"), [(2, 8), (3, 8), (2, 1), (4, 3)])

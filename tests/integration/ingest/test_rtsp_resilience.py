@@ -24,6 +24,7 @@ from ingest import (
 )
 from tests import services
 from tests.media import make_h264
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -39,15 +40,6 @@ BASE = WorkerSettings(
     stable_uptime_s=30.0,
     network_policy=NetworkPolicy(allow_loopback=True),
 )
-
-
-def wait_for(pred: Callable[[], bool], timeout: float, what: str) -> float:
-    t0 = time.monotonic()
-    while not pred():
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-    return time.monotonic() - t0
 
 
 def test_i3_flapping_grows_backoff_resets_after_stable_uptime_and_stays_flat(

@@ -27,6 +27,7 @@ from ingest import (
     WorkerSettings,
     clip_publisher,
 )
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -55,15 +56,6 @@ class Collector:
     def drain(self) -> list[Clip]:
         self.clips += [decode(r.value, Clip) for r in self.consumer.poll(100_000, timeout_s=0.05)]
         return self.clips
-
-
-def wait_for(pred: Callable[[], bool], timeout: float, what: str) -> float:
-    t0 = time.monotonic()
-    while not pred():
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-    return time.monotonic() - t0
 
 
 def assert_no_clip_spans_a_gap(clips: list[Clip], s0: float) -> None:
