@@ -182,10 +182,10 @@ def prepare_data_dir(path: Path) -> None:
 
 def run_demo(opts: DemoOptions, echo: Echo = print) -> dict[str, Any]:
     """Run the scripted demo; returns what happened (alerts per camera, the answer)."""
+    settings = demo_settings(opts)  # fails fast without a model
     prepare_data_dir(opts.data_dir)
     echo("FlashWatch demo: rendering synthetic cameras ...")
     videos = render_cameras(opts, echo)
-    settings = demo_settings(opts)
     result: dict[str, Any] = {"alerts": {}, "answer": None}
     with running(settings) as (base, token, _pipeline):
         http = httpx.Client(
