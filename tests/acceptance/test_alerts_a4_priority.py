@@ -65,6 +65,7 @@ def test_a4_query_flood_gets_429_and_alerts_keep_priority(tmp_path: Path) -> Non
 
     statuses: Counter[int] = Counter()
     retry_after: list[str] = []
+    answered_s: list[float] = []  # client-side latency of each answered question
     stop = threading.Event()
     lock = threading.Lock()
 
@@ -84,6 +85,8 @@ def test_a4_query_flood_gets_429_and_alerts_keep_priority(tmp_path: Path) -> Non
                         r = c.post("/v1/queries", json=body)
                         with lock:
                             statuses[r.status_code] += 1
+                            if r.status_code == 200:
+                                answered_s.append(r.elapsed.total_seconds())
                             if r.status_code == 429:
                                 retry_after.append(r.headers.get("Retry-After", ""))
                         if r.status_code == 429:
@@ -111,12 +114,17 @@ def test_a4_query_flood_gets_429_and_alerts_keep_priority(tmp_path: Path) -> Non
         service.close()
         store.close()
     b, f = statistics.mean(baseline), statistics.mean(flooded)
+    q = statistics.median(answered_s) if answered_s else float("inf")
     print(f"A4: flood in progress after {waited:.2f} s; statuses {dict(statuses)}; "
           f"questions in the reasoner at each step {busy}; "
-          f"alert step {b:.3f} s baseline, {f:.3f} s in flood")  # fmt: skip
+          f"alert step {b:.3f} s baseline, {f:.3f} s in flood; question {q:.3f} s")  # fmt: skip
     assert all(n >= 1 for n in busy)  # the flood really was in progress during the steps
     assert statuses[200] >= 1 and statuses[429] >= 1  # admitted up to capacity, then refused
     assert set(statuses) <= {200, 429}  # never a server error
     assert all(v.isdigit() and int(v) >= 1 for v in retry_after)
-    assert f <= 3 * b + 1.0, (baseline, flooded)
+    # Priority: an alert step waits at most for the question step in progress, never behind
+    # whole questions (FIFO would make it wait one to two questions), so it stays well under
+    # a question's latency. An absolute bound (the earlier `3 x baseline + 1 s`) fails on a
+    # loaded 2-core machine with priority intact and passes on a fast one without it.
+    assert f <= 0.5 * q, (baseline, flooded, q)
     assert rule["id"]
