@@ -190,6 +190,11 @@ def windows(reasoner: ScriptedReasoner) -> list[tuple[int, float]]:
     return [(c.window.camera_id, c.window.t_to) for c in reasoner.score_calls()]
 
 
+# Failed once in a full CI run (2026-11-26): the window ending at T0+32 was never scored on
+# any camera (24, 40, 48, 56 were, none twice); it passes alone and with its file (10 runs).
+# Cause not found yet — it may be a real skipped-window bug, so look at alert_rule_state's
+# skip reasons when it fails.
+@pytest.mark.unstable
 def test_two_schedulers_evaluate_each_window_exactly_once(
     engine: Engine, memory: RedisStore, make_leader: Callable[..., PgShardLeadership]
 ) -> None:
