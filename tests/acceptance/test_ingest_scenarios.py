@@ -343,20 +343,21 @@ def _registry(collector: IngestCollector) -> CollectorRegistry:
     return registry
 
 
-# Timed out waiting for all cameras online in one clean CI run (2026-11-26, idle machine).
-# Likely cause, measured on the integration I4 (tests/integration/ingest/
-# test_rtsp_resilience.py, fixed there): FFmpeg's probe of this live stream takes ~3.9 s, longer
-# than BASE.open_timeout_s (2 s), and every camera shares one RTSP media whose PLAY flushes the
-# others. Apply the same fix (a mount per camera, a 10 s open) and re-check its bounds.
-@pytest.mark.unstable
 @pytest.mark.isolated
 def test_i4_mass_drop_reconnects_are_rate_limited_and_all_return(
     rtsp_server: Callable[..., services.RtspServer],
 ) -> None:
-    server = rtsp_server({"/live": "test:160x120@10"})
+    # One mount per camera, as real cameras are: clients of one shared gst-rtsp-server media
+    # flush each other's pipeline on every PLAY (see the integration I4 test). The open
+    # timeout bounds the whole av.open; FFmpeg's probe of this live stream alone takes ~3.9 s
+    # on a loaded 2-core box, so BASE's 2 s failed opens at random; 10 s is the product default.
+    mounts = {f"/live{i}": "test:160x120@10" for i in range(N_MASS)}
+    server = rtsp_server(mounts)
     port = server.port
-    cams = [CameraSpec(id=200 + i, name=f"m{i}", url=server.url("/live")) for i in range(N_MASS)]
-    settings = replace(BASE, reconnect_rate_per_s=RATE, reconnect_burst=BURST)
+    cams = [
+        CameraSpec(id=200 + i, name=f"m{i}", url=server.url(f"/live{i}")) for i in range(N_MASS)
+    ]
+    settings = replace(BASE, reconnect_rate_per_s=RATE, reconnect_burst=BURST, open_timeout_s=10.0)
     col, events = Collector(), Events()
 
     def online() -> set[int]:
@@ -372,7 +373,7 @@ def test_i4_mass_drop_reconnects_are_rate_limited_and_all_return(
         t_down, wall_down = time.monotonic(), time.time()
         wait_for(lambda: not online(), 10, "all cameras offline")
         time.sleep(1.0)
-        proc2 = services.start_rtsp_server({"/live": "test:160x120@10"}, port=port)
+        proc2 = services.start_rtsp_server(mounts, port=port)
         t_up, wall_up = time.monotonic(), time.time()
         back = wait_for(lambda: len(online()) == N_MASS, 90, "all cameras back")
         wait_for(
@@ -388,7 +389,10 @@ def test_i4_mass_drop_reconnects_are_rate_limited_and_all_return(
     after = sorted(t for t in connects if t >= t_up)
     wave = after[:N_MASS]
     clips = col.drain()
-    spanning = [c for c in clips if c.t[0] < wall_down < c.t[3]]
+    # Frames still in the socket buffer when the server died are decoded (and stamped) a
+    # little after `wall_down` on a loaded box; a clip that truly spans the outage holds
+    # frames from both sides of it.
+    spanning = [c for c in clips if c.t[0] < wall_down and c.t[3] > wall_up]
     print(
         f"I4: {N_MASS} cameras back {back:.1f} s after the server returned; "
         f"{len(connects)} connects during the outage and return, at most {window} in any 1 s "
@@ -396,8 +400,8 @@ def test_i4_mass_drop_reconnects_are_rate_limited_and_all_return(
         f"{wave[-1] - wave[0]:.2f} s; clips spanning the outage {len(spanning)}"
     )
     assert window <= BURST + RATE + 1
-    assert back < 1.0 + N_MASS / RATE + BASE.backoff_max_s + BASE.open_timeout_s + 3
-    assert spanning == []
+    assert back < 1.0 + N_MASS / RATE + settings.backoff_max_s + settings.open_timeout_s + 3
+    assert spanning == [], [(c.camera_id, c.epoch, c.t, wall_down) for c in spanning]
     assert_no_clip_spans_a_gap(clips)
     assert {c.camera_id for c in clips if c.epoch >= 2} == {c.id for c in cams}
 
