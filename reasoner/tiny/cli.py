@@ -53,8 +53,13 @@ def train_cmd(
     distill_weight: Annotated[
         float, typer.Option(help="Video stage: weight of the oracle-token distillation loss.")
     ] = 1.0,
+    hidden: Annotated[int, typer.Option(help="LLM hidden size (a new model only).")] = 256,
+    layers: Annotated[int, typer.Option(help="LLM decoder layers (a new model only).")] = 4,
+    heads: Annotated[int, typer.Option(help="LLM attention heads (a new model only).")] = 8,
+    kv_heads: Annotated[int, typer.Option(help="LLM key/value heads (a new model only).")] = 4,
 ) -> None:
     """Train encoder + projector + LLM end to end and export a VideoChat-Flash directory."""
+    from reasoner.tiny.model import TinyConfig
     from reasoner.tiny.train import TrainOptions, train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -63,6 +68,8 @@ def train_cmd(
         lr=lr, warmup=warmup, clips=(min_clips, max_clips), questions_per_window=questions,
         stage=stage, compact=compact, freeze_llm_steps=freeze_llm_steps,
         distill_weight=distill_weight, focus=focus,
+        config=TinyConfig(hidden_size=hidden, num_layers=layers, num_heads=heads,
+                          num_kv_heads=kv_heads, intermediate_size=2 * hidden),  # ignored with init
     )  # fmt: skip
     summary = train(opts, out)
     summary.pop("history", None)

@@ -46,6 +46,7 @@ from reasoner.tiny.model import (
     TinyConfig,
     TinyVideoChat,
     export,
+    exported_config,
     load_exported,
     parameter_count,
 )
@@ -79,7 +80,7 @@ class TrainOptions:
     early_weight: float = 0.0  # deep supervision of yes/no question tokens (see model)
     compact: bool = False  # oracle stage: only the actor slots, no filler tokens
     focus: bool = False  # mostly presence / "did X happen" questions (`data.FOCUS_WEIGHTS`)
-    config: TinyConfig = field(default_factory=TinyConfig)
+    config: TinyConfig = field(default_factory=TinyConfig)  # ignored with `init` (its own)
 
 
 def prompt_ids(
@@ -182,15 +183,16 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
     rng = np.random.default_rng([opts.seed, 11])
     tok_dir = Path(tempfile.mkdtemp(prefix="fw-tiny-tok-"))
     tok = build_tokenizer(tok_dir, corpus_texts())
-    if len(tok) > opts.config.vocab_size:
-        raise ValueError(f"tokenizer has {len(tok)} ids > vocab_size {opts.config.vocab_size}")
+    config = exported_config(opts.init) if opts.init is not None else opts.config
+    if len(tok) > config.vocab_size:
+        raise ValueError(f"tokenizer has {len(tok)} ids > vocab_size {config.vocab_size}")
     seeds = [TRAIN_SEED_BASE + opts.seed * 10_000 + i for i in range(opts.scenes)]
-    pool = window_pool(seeds, opts.windows_per_scene, opts.config.image_size, opts.clips)
+    pool = window_pool(seeds, opts.windows_per_scene, config.image_size, opts.clips)
     log.info("pool: %d windows in %.1f s", len(pool), time.perf_counter() - t_start)
 
     if opts.stage not in ("oracle", "video"):
         raise ValueError(f"stage must be 'oracle' or 'video', got {opts.stage!r}")
-    model = TinyVideoChat(opts.config)
+    model = TinyVideoChat(config)
     model.oracle = opts.stage == "oracle"
     model.compact = opts.compact
     model.filler_id = int(tok.convert_tokens_to_ids("<|endoftext|>"))

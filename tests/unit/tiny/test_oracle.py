@@ -109,3 +109,18 @@ def test_early_spans_cover_the_question_and_end_before_the_answer() -> None:
         assert span[1] == answer_at
         text = str(tok.decode(suf[span[0] : span[1]]))
         assert "red car" in text and "Answer yes or no" in text
+
+
+def test_masked_chamfer_charges_a_missed_actor_slot() -> None:
+    """Tokens collapsed onto the filler cost little against the whole oracle set (63 of 64
+    targets are filler) but a lot when each actor slot must be matched."""
+    torch.manual_seed(0)
+    filler, actor = torch.randn(16), torch.randn(16) * 3
+    target = filler.expand(1, 64, 16).clone()
+    target[0, 5] = actor
+    mask = torch.zeros(1, 64, dtype=torch.bool)
+    mask[0, 5] = True
+    collapsed = filler.expand(1, 64, 16).clone()
+    matched = target.clone()
+    assert float(chamfer(collapsed, target, mask)) > 20 * float(chamfer(collapsed, target))
+    assert float(chamfer(matched, target, mask)) < 1e-6
