@@ -39,7 +39,11 @@ def train_cmd(
     max_clips: Annotated[int, typer.Option(help="Most 4-frame clips per window.")] = 16,
     questions: Annotated[int, typer.Option(help="Questions per window per step.")] = 8,
     stage: Annotated[
-        str, typer.Option(help="oracle (symbolic visual tokens, stage 1) or video (pixels).")
+        str,
+        typer.Option(
+            help="oracle (symbolic visual tokens), encoder (vision side distilled onto "
+            "them, no LLM pass) or video (pixels, end to end)."
+        ),
     ] = "video",
     freeze_llm_steps: Annotated[
         int, typer.Option(help="Video stage: steps that train only encoder + projector.")

@@ -190,8 +190,10 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
     pool = window_pool(seeds, opts.windows_per_scene, config.image_size, opts.clips)
     log.info("pool: %d windows in %.1f s", len(pool), time.perf_counter() - t_start)
 
-    if opts.stage not in ("oracle", "video"):
-        raise ValueError(f"stage must be 'oracle' or 'video', got {opts.stage!r}")
+    if opts.stage == "encoder" and opts.distill_weight <= 0:
+        raise ValueError("the encoder stage trains on distillation: distill_weight must be > 0")
+    if opts.stage not in ("oracle", "encoder", "video"):
+        raise ValueError(f"stage must be 'oracle', 'encoder' or 'video', got {opts.stage!r}")
     model = TinyVideoChat(config)
     model.oracle = opts.stage == "oracle"
     model.compact = opts.compact
@@ -199,7 +201,8 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
     if opts.init is not None:
         load_exported(model, opts.init)
         log.info("initialised from %s", opts.init)
-    video = opts.stage == "video"
+    video = opts.stage in ("encoder", "video")  # pixels in
+    encoder_only = opts.stage == "encoder"  # no LLM pass: distillation (+ aux) only
     distill = video and opts.distill_weight > 0
     n_params = parameter_count([model])
     log.info("model: %d parameters", n_params)
@@ -228,12 +231,18 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
             tok, windows, qas, aux=video and opts.aux_weight > 0, pixels_too=video, slots=not video
             or distill, early=opts.early_weight > 0,
         )  # fmt: skip
-        frozen = video and step < opts.freeze_llm_steps
+        frozen = encoder_only or (video and step < opts.freeze_llm_steps)
         for p in model.llm.parameters():
             p.requires_grad_(not frozen)
         model.train()
-        loss, pred, target = model.loss(batch)
-        total = loss + opts.aux_weight * model.aux_loss if model.aux_loss is not None else loss
+        if encoder_only:
+            model.visual_blocks(batch)
+            loss = pred = target = torch.zeros(0)
+        else:
+            loss, pred, target = model.loss(batch)
+        total = loss.sum() if encoder_only else loss
+        if model.aux_loss is not None:
+            total = total + opts.aux_weight * model.aux_loss
         if model.distill_loss is not None:
             total = total + opts.distill_weight * model.distill_loss
         early_loss = model.early_loss()
@@ -243,7 +252,8 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
         total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optim.step()
-        acc, value = float((pred == target).float().mean()), float(loss.detach())
+        acc = float((pred == target).float().mean()) if target.numel() else 0.0
+        value = float(loss.detach()) if loss.numel() == 1 else 0.0
         is_yn = torch.isin(target, yes_no)
         yn_hits += int((pred[is_yn] == target[is_yn]).sum())
         yn_no += int((target[is_yn] == yes_no[1]).sum())

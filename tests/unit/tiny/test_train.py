@@ -31,3 +31,28 @@ def test_micro_training_reduces_loss(tmp_path: Path) -> None:
     report = evaluate(tmp_path / "m", windows=2, questions=8)
     assert sum(report["n"].values()) == 16
     assert 0.0 <= report["yes_no_accuracy"] <= 1.0
+
+
+def test_encoder_stage_trains_only_the_vision_side(tmp_path: Path) -> None:
+    """The encoder stage (distillation onto the oracle tokens, no LLM pass) lowers the
+    distillation loss and leaves every LLM tensor as it was."""
+    from safetensors.torch import load_file
+
+    base = TrainOptions(seed=0, steps=2, scenes=2, windows_per_scene=2, batch_windows=2,
+                        stage="oracle", compact=True, config=SMALL)  # fmt: skip
+    train(base, tmp_path / "m0")
+    opts = TrainOptions(
+        seed=1, steps=40, scenes=3, windows_per_scene=2, batch_windows=2, lr=3e-3, warmup=5,
+        log_every=5, stage="encoder", distill_weight=30.0, init=tmp_path / "m0",
+    )  # fmt: skip
+    summary = train(opts, tmp_path / "m1")
+    distill = [h["aux"] for h in summary["history"]]
+    assert distill[-1] < 0.7 * distill[0], distill
+    before, after = (
+        load_file(str(tmp_path / "m0" / "model.safetensors")),
+        load_file(str(tmp_path / "m1" / "model.safetensors")),
+    )
+    llm = [k for k in before if k.startswith(("model.layers", "model.embed", "lm_head"))]
+    assert llm and all(bool((before[k] == after[k]).all()) for k in llm)
+    vision = [k for k in before if k not in llm and k.startswith("model.vision_tower")]
+    assert any(not bool((before[k] == after[k]).all()) for k in vision)
