@@ -25,11 +25,6 @@ from tests.apiharness import make_api, settings_for
 pytestmark = [
     pytest.mark.acceptance,
     pytest.mark.slow,
-    # Needs the trained tiny model, which issue 8 has not delivered yet (no trained model
-    # answers well enough); the test runs as soon as models/tiny is committed.
-    pytest.mark.skipif(
-        not (BUNDLED_MODEL / "config.json").is_file(), reason="models/tiny not trained yet"
-    ),
 ]
 
 PARK_AT, DWELL, SECONDS = 20.0, 60.0, 110.0

@@ -20,15 +20,10 @@ from reasoner.tiny.evaluate import evaluate
 pytestmark = [
     pytest.mark.acceptance,
     pytest.mark.slow,
-    # Needs the trained tiny model, which issue 8 has not delivered yet (no trained model
-    # answers well enough); the test runs as soon as models/tiny is committed.
-    pytest.mark.skipif(
-        not (BUNDLED_MODEL / "config.json").is_file(), reason="models/tiny not trained yet"
-    ),
 ]
 
 WINDOWS = 40
-YES_NO_FLOOR = 0.0  # set from the committed model's measurement, see module docstring
+YES_NO_FLOOR = 0.80  # measured 0.856 (0.873 with dropping) on this set, 2026-11-26
 MARGIN = 0.05
 
 
