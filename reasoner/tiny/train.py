@@ -176,6 +176,10 @@ def lr_at(progress: float, step: int, opts: TrainOptions) -> float:
 
 def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
     """Train, export to `out_dir`, return a summary (steps, seconds, losses)."""
+    if opts.stage == "encoder" and opts.distill_weight <= 0:
+        raise ValueError("the encoder stage trains on distillation: distill_weight must be > 0")
+    if opts.stage not in ("oracle", "encoder", "video"):
+        raise ValueError(f"stage must be 'oracle', 'encoder' or 'video', got {opts.stage!r}")
     t_start = time.perf_counter()
     torch.set_num_threads(opts.threads)
     torch.manual_seed(opts.seed)
@@ -190,10 +194,6 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
     pool = window_pool(seeds, opts.windows_per_scene, config.image_size, opts.clips)
     log.info("pool: %d windows in %.1f s", len(pool), time.perf_counter() - t_start)
 
-    if opts.stage == "encoder" and opts.distill_weight <= 0:
-        raise ValueError("the encoder stage trains on distillation: distill_weight must be > 0")
-    if opts.stage not in ("oracle", "encoder", "video"):
-        raise ValueError(f"stage must be 'oracle', 'encoder' or 'video', got {opts.stage!r}")
     model = TinyVideoChat(config)
     model.oracle = opts.stage == "oracle"
     model.compact = opts.compact
