@@ -178,7 +178,7 @@ def needle(
     event = next(e for e in scene.truth.events if e.kind == "park")
     rows = []
     for drop, reasoner in reasoners.items():
-        for strategy in ("pyramid", "zoom", "sparse"):
+        for strategy in ("auto", "pyramid", "zoom", "sparse"):
             t0 = time.perf_counter()
             ans = reasoner.query(
                 QueryRequest(

@@ -74,6 +74,7 @@ log = logging.getLogger(__name__)
 REFERENCE_LAYERS = 28  # the drop layer defaults [4, 18] are for 28-layer models
 DECODE_CHUNK = 8  # decode tokens per scheduler step
 SCAN_BATCH = 8  # zoom windows per batched relevance pass
+MAX_FRAMES_KEY = "fw_max_frames"  # config.json: most frames per prompt (small checkpoints only)
 
 
 def drive(steps: Generator[str, None, Any]) -> Any:
@@ -106,6 +107,15 @@ def clip_duration(clips: Sequence[ClipTokens]) -> float:
     first, last = clips[0].t, clips[-1].t
     stride = (last[3] - last[0]) / 3
     return last[3] + stride - first[0]
+
+
+def merge_chosen(chosen: Sequence[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """Kept (segment, start, end) windows, in order, touching ones of a segment merged."""
+    return [
+        (n, a, b)
+        for n in sorted({c[0] for c in chosen})
+        for a, b in merge_adjacent(sorted((a, b) for m, a, b in chosen if m == n))
+    ]
 
 
 @dataclass
@@ -151,6 +161,16 @@ class LocalReasoner:
         self.loaded, self.store, self.cfg = loaded, store, cfg
         self.llm, self.projector, self.tok = loaded.llm, loaded.projector, loaded.tokenizer
         self.limits = limits or PlanLimits(frame_budget=cfg.frame_budget, s0=s0)
+        max_frames = loaded.config.get(MAX_FRAMES_KEY)
+        if max_frames is not None:  # the checkpoint was trained on shorter prompts
+            capped = self.limits.capped(int(max_frames))
+            if capped != self.limits:
+                log.info(
+                    "the model reads at most %s frames per prompt (%s): frame budget %d, "
+                    "zoom windows of %d frames",
+                    max_frames, MAX_FRAMES_KEY, capped.frame_budget, capped.zoom_window_frames,
+                )  # fmt: skip
+            self.limits = capped
         self.evidence_clips = evidence_clips
         self.clock = clock
         self.yes_no = yes_no_ids(self.tok)
@@ -240,11 +260,12 @@ class LocalReasoner:
                 keep = even_indices(len(clips), plan.max_clips)
                 parts.append(_Part(w, plan, [clips[i] for i in keep], w.camera_name or None))
             else:
-                chosen = yield from self._zoom(request.question, w, plan, clips, lap)
+                chosen, n_windows, n_frames = yield from self._zoom(
+                    request.question, w, plan, clips, lap
+                )
                 parts.extend(chosen)
-                windows = fixed_windows(len(clips), plan.zoom.window_clips)
-                scan_windows += len(windows)
-                scan_frames += 4 * sum(e - s for s, e in windows)
+                scan_windows += n_windows
+                scan_frames += n_frames
         if not parts:
             raise missing[0]
         for gone in missing:
@@ -321,17 +342,64 @@ class LocalReasoner:
         plan: WindowPlan,
         clips: list[ClipTokens],
         lap: Callable[[str], None],
-    ) -> Generator[str, None, list[_Part]]:
-        """Score fixed windows for relevance (batched, one prompt text), keep the top ones.
+    ) -> Generator[str, None, tuple[list[_Part], int, int]]:
+        """Score fixed windows for relevance (batched, one prompt text), keep the top ones,
+        then zoom in: each kept window of a level above 0 is scanned again on the next finer
+        level inside its span, down to level 0, so the answer reads the finest footage (a
+        coarse scan locates the event; its 16 s or 64 s frames cannot time it). Returns the
+        answer parts and the windows/frames scanned.
+        """
+        assert plan.zoom is not None
+        text = relevance_question(question)
+        level, wc, top_k = plan.zoom.level, plan.zoom.window_clips, plan.zoom.top_k
+        segments = [clips]
+        scanned = frames = 0
+        while True:
+            found: list[tuple[float, int, int, int]] = []  # (score, segment, start, end)
+            for n, seg in enumerate(segments):
+                windows = fixed_windows(len(seg), wc)
+                scores = yield from self._scan(text, seg, windows, lap)
+                found += [(sc, n, a, b) for sc, (a, b) in zip(scores, windows, strict=True)]
+                scanned += len(windows)
+                frames += 4 * sum(b - a for a, b in windows)
+            keep = sorted(top_windows([f[0] for f in found], top_k))
+            chosen = [found[k][1:] for k in keep]
+            if level == 0:
+                break
+            finer = []
+            for n, a, b in merge_chosen(chosen):
+                t0 = segments[n][a].t[0]
+                t1 = t0 + clip_duration(segments[n][a:b])
+                inside = self.store.range(w.camera_id, level - 1, t0, t1)
+                inside = [c for c in inside if c.t[0] < t1 - 1e-6]  # range() includes t1
+                if inside:
+                    finer.append(inside)
+            if not finer:  # the finer level has expired here: answer at this one
+                break
+            segments, level = finer, level - 1
+        parts = []
+        for n, a, b in merge_chosen(chosen):
+            seg = segments[n]
+            t0 = seg[a].t[0] - w.t_from
+            t1 = t0 + clip_duration(seg[a:b])
+            label = f"{w.camera_name or w.camera_id}, from {t0:.0f} s to {t1:.0f} s"
+            parts.append(_Part(w, plan, seg[a:b], label))
+        return parts, scanned, frames
+
+    def _scan(
+        self,
+        text: str,
+        clips: list[ClipTokens],
+        windows: list[tuple[int, int]],
+        lap: Callable[[str], None],
+    ) -> Generator[str, None, list[float]]:
+        """P(yes) of the relevance question for each window (equal sizes), in batches.
 
         Every window states the same nominal duration so all prompts tokenise identically and
         stack into one batch; the answer prompt then states each kept segment's true duration.
         """
-        assert plan.zoom is not None
-        windows = fixed_windows(len(clips), plan.zoom.window_clips)
         wc = windows[0][1] - windows[0][0]
-        nominal = wc * 4 * plan.stride_s
-        text = relevance_question(question)
+        nominal = clip_duration(clips[windows[0][0] : windows[0][1]])
         yes, no = self.yes_no
         scores: list[float] = []
         for i in range(0, len(windows), SCAN_BATCH):
@@ -347,13 +415,7 @@ class LocalReasoner:
             scores.extend(r.p_yes for r in scored)
             lap("scan")
             yield "scan"
-        keep = top_windows(scores, plan.zoom.top_k)
-        parts = []
-        for s, e in merge_adjacent([windows[k] for k in keep]):
-            a, b = clips[s].t[0] - w.t_from, clip_duration(clips[s:e]) + clips[s].t[0] - w.t_from
-            label = f"{w.camera_name or w.camera_id}, from {a:.0f} s to {b:.0f} s"
-            parts.append(_Part(w, plan, clips[s:e], label))
-        return parts
+        return scores
 
     # ------------------------------------------------------------------ rule scoring
 

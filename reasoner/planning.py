@@ -19,7 +19,10 @@ into fixed windows of a finer level, scores every window's relevance to the ques
 batched yes/no pass with the same prompt text for all windows), and answers over the `top_k`
 most relevant windows, each labelled with its true offset. `auto` picks zoom when the pyramid
 level would sample coarser than `max_pyramid_stride_s` and a finer level covers the range;
-the scan is capped at `zoom_max_windows` prefills by widening windows.
+the scan is capped at `zoom_max_windows` prefills by widening windows. A scan above level 0
+only locates the event: the engine scans each kept window again one level finer inside its
+span, down to level 0, and answers from there (the plan's cost counts the first scan only).
+A checkpoint trained on short prompts caps the budget and the zoom window (`capped`).
 
 **sparse**: evenly spaced level-0 clips over the range, up to the budget (cheap, non-uniform
 gaps; the duration sentence still states the full range).
@@ -32,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from memory.store import LevelCoverage
@@ -71,6 +74,18 @@ class PlanLimits:
     @property
     def max_clips(self) -> int:
         return self.frame_budget // FRAMES_PER_CLIP
+
+    def capped(self, max_frames: int) -> PlanLimits:
+        """These limits within the frames a model reads in one prompt (a checkpoint's
+        `fw_max_frames`): the answer budget, the floor and the zoom window never exceed it,
+        so a zoom scan asks the model about windows as long as those it was trained on."""
+        most = max(FRAMES_PER_CLIP, max_frames // FRAMES_PER_CLIP * FRAMES_PER_CLIP)
+        return replace(
+            self,
+            frame_budget=min(self.frame_budget, most),
+            min_frames=min(self.min_frames, most),
+            zoom_window_frames=min(self.zoom_window_frames, most),
+        )
 
     def stride(self, level: int) -> float:
         return self.s0 * 4.0**level

@@ -266,8 +266,12 @@ def exported_config(directory: str | Path) -> TinyConfig:
     return TinyConfig(**cfg["fw_tiny"]["config"])
 
 
-def config_json(config: TinyConfig, tokenizer: Any, extra: dict[str, Any]) -> dict[str, Any]:
-    """config.json with the official field names and FlashWatch's `fw_vision_config`."""
+def config_json(
+    config: TinyConfig, tokenizer: Any, extra: dict[str, Any], max_frames: int | None = None
+) -> dict[str, Any]:
+    """config.json with the official field names, FlashWatch's `fw_vision_config` and, when
+    known, `fw_max_frames`: the longest prompt (in frames) the model was trained on, which
+    caps the reasoner's frame budget and zoom windows (the official models read 64-512)."""
     q, u = config.qwen2(), config.umt()
     return {
         "architectures": ["VideoChatFlashQwenForCausalLM"],
@@ -307,6 +311,7 @@ def config_json(config: TinyConfig, tokenizer: Any, extra: dict[str, Any]) -> di
             "pos_base_grid": u.pos_base_grid,
             "mlp_ratio": u.mlp_ratio,
         },
+        **({"fw_max_frames": max_frames} if max_frames is not None else {}),
         "fw_tiny": {"config": asdict(config), **extra},
     }
 
@@ -316,6 +321,7 @@ def export(
     out_dir: str | Path,
     tokenizer_dir: str | Path,
     extra: dict[str, Any] | None = None,
+    max_frames: int | None = None,
 ) -> Path:
     """Write config.json, model.safetensors (fp32) and the tokenizer files to `out_dir`."""
     from safetensors.torch import save_file
@@ -324,7 +330,7 @@ def export(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = Qwen2Tokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
-    cfg = config_json(model.config, tok, extra or {})
+    cfg = config_json(model.config, tok, extra or {}, max_frames)
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     save_file(checkpoint_state(model), str(out / "model.safetensors"), metadata={"format": "pt"})
     for f in Path(tokenizer_dir).iterdir():

@@ -288,5 +288,5 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
         "history": history[-40:],
     }
     model.eval()
-    export(model, out_dir, tok_dir, {"training": summary})
+    export(model, out_dir, tok_dir, {"training": summary}, max_frames=4 * opts.clips[1])
     return summary

@@ -247,3 +247,61 @@ def test_rule_independent_score_drop_shares_everything(model_dir: Path, store: S
         assert shared.p_yes == pytest.approx(alone.p_yes, abs=1e-5)
         assert shared.evidence == []  # no attention-scored stage, so no evidence
     assert r.llm.drop.mode == "uniform0_attention"  # queries keep the model's own dropping
+
+
+def test_checkpoint_max_frames_caps_the_plan(
+    model_dir: Path, store: SqliteStore, tmp_path: Path
+) -> None:
+    """`fw_max_frames` in config.json (small checkpoints trained on short prompts) caps the
+    frame budget and zoom windows; without it the configured budget stands."""
+    import json
+    import shutil
+
+    short = tmp_path / "short"
+    shutil.copytree(model_dir, short)
+    cfg_path = short / "config.json"
+    cfg_json = json.loads(cfg_path.read_text())
+    cfg_json["fw_max_frames"] = 32
+    cfg_path.write_text(json.dumps(cfg_json))
+    capped = LocalReasoner.from_config(ReasonerConfig(model_dir=short, dtype="fp32"), store)
+    assert (capped.limits.frame_budget, capped.limits.zoom_window_frames) == (32, 32)
+    ans = capped.query(ask("What happens?", (1, T0, T0 + 600)))
+    assert ans.frames <= 32
+    plain = LocalReasoner.from_config(ReasonerConfig(model_dir=model_dir, dtype="fp32"), store)
+    assert plain.limits.frame_budget == ReasonerConfig().frame_budget
+
+
+def test_zoom_refines_a_coarse_scan_down_to_level_zero(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scan on level 1 (16 s frames) only locates the event; the kept windows are scanned
+    again on level 0 inside their spans and the answer reads level-0 clips around it."""
+    s = SqliteStore(tmp_path / "m.sqlite3", [6, 24])
+    for level, span in ((0, 4.0), (1, 16.0)):
+        fill(s, 7, level, T0, EVENT_T)
+        fill(s, 7, level, EVENT_T + span, T0 + 1280)
+        loud = np.full((64, 1024), 6.0, dtype=np.float32)
+        stride = span / 4
+        t = [EVENT_T + i * stride for i in range(4)]
+        s.put(encode_tokens(loud, "fp32", camera_id=7, level=level, epoch=0, t=t))
+    r = LocalReasoner.from_config(ReasonerConfig(model_dir=model_dir, dtype="fp32"), s)
+    r.limits = PlanLimits(frame_budget=64, zoom_window_frames=16, zoom_max_windows=20)
+
+    def fake_scores(embeds: torch.Tensor, spans: Any, yes: int, no: int) -> list[ModelRuleScore]:
+        ((a, n),) = spans
+        energy = embeds[:, a : a + n].float().abs().mean(dim=(1, 2))
+        return [ModelRuleScore(min(1.0, float(v) / 10), []) for v in energy]
+
+    monkeypatch.setattr(r.llm, "score_prompts", fake_scores)
+    seen: list[list[Any]] = []
+    real = r._segments
+    monkeypatch.setattr(r, "_segments", lambda parts: seen.append(list(parts)) or real(parts))
+    ans = r.query(ask("When does it happen?", (7, T0, T0 + 1280)))
+    assert ans.strategy == "zoom" and ans.level == 1  # planned on level 1 ...
+    clips = [c for p in seen[0] for c in p.clips]
+    assert {c.level for c in clips} == {0}  # ... answered on level 0
+    assert EVENT_T in [c.t[0] for c in clips]
+    # 80 level-1 clips in 20 windows of 4, top 4 kept; each kept window's 64 s hold 16
+    # level-0 clips, scanned as 4 windows each.
+    assert ans.scan_windows == 20 + 16 and ans.frames == 64
+    s.close()

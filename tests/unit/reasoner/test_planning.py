@@ -144,3 +144,18 @@ def test_rule_questions() -> None:
         "Does the video show a person climbing the fence? Answer yes or no."
     )
     assert rule_question("Is there smoke?") == "Is there smoke? Answer yes or no."
+
+
+def test_limits_capped_to_a_models_prompt_length() -> None:
+    """A checkpoint trained on 32-frame prompts (`fw_max_frames`): the answer budget and the
+    zoom windows shrink to 32 frames, so a long range is scanned in windows of 8 clips and
+    answered from the single best one."""
+    short = PlanLimits().capped(32)
+    assert (short.frame_budget, short.min_frames, short.zoom_window_frames) == (32, 32, 32)
+    assert PlanLimits().capped(34).frame_budget == 32  # whole clips
+    assert PlanLimits().capped(2).frame_budget == 4  # never below one clip
+    assert PlanLimits().capped(4096) == PlanLimits()  # a longer model changes nothing
+    p = plan_window(1, FULL, NOW - H, NOW, short)
+    assert p.strategy == "zoom" and p.zoom is not None
+    assert (p.zoom.level, p.zoom.window_clips, p.zoom.windows, p.zoom.top_k) == (0, 8, 113, 1)
+    assert p.max_clips == 8

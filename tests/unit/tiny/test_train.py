@@ -28,6 +28,7 @@ def test_micro_training_reduces_loss(tmp_path: Path) -> None:
     load_clip_encoder(tmp_path / "m")
     loaded = load_reasoner(tmp_path / "m", dtype="fp32")
     assert loaded.llm.cfg.hidden_size == 64
+    assert loaded.config["fw_max_frames"] == 4 * opts.clips[1]  # the longest trained prompt
     report = evaluate(tmp_path / "m", windows=2, questions=8)
     assert sum(report["n"].values()) == 16
     assert 0.0 <= report["yes_no_accuracy"] <= 1.0
