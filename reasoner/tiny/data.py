@@ -219,9 +219,19 @@ def _event_subject(kind: str, colour: str | None) -> str:
     return subject(EVENTS[kind][0], colour)
 
 
+HARD_NEGATIVE = 0.3
+"""Share of event questions asked about an actor on screen that does not do the event (a red
+car driving past for "Did a red car park?"): without them the model learns presence only and
+a rule about parking fires on every passing car of that colour."""
+
+
 def _event_pick(w: Window, rng: np.random.Generator) -> tuple[str, str | None, bool]:
     kind = list(EVENTS)[int(rng.integers(len(EVENTS)))]
     present = [e.colour for e in seen_events(w.truth, w.times, kind)]
+    actor = EVENTS[kind][0]
+    decoys = sorted({tr.colour for tr in seen_tracks(w.truth, w.times, actor)} - set(present))
+    if decoys and rng.random() < HARD_NEGATIVE:
+        return kind, decoys[int(rng.integers(len(decoys)))], False
     colour: str | None = _pick_colour(rng, present, bool(rng.random() < 0.5))
     if rng.random() < 0.15:
         colour = None

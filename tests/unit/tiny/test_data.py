@@ -106,3 +106,17 @@ def test_window_before_events_says_no() -> None:
     assert not seen_tracks(early.truth, early.times, "car")
     for q, a in answers(early, happened_qa).items():
         assert a == "No", q
+
+
+def test_event_questions_include_hard_negatives() -> None:
+    """An actor on screen that does not do the event is asked about (and answered No), so
+    "did a red car park?" is not learned as "is there a red car?"."""
+    w = scripted_window()  # a red car parks; a person in blue drops a bag, nobody stops/loiters
+    rng = np.random.default_rng(0)
+    qas = [happened_qa(w, rng) for _ in range(2000)]
+    decoys = ("a red car stop", "red car stopp", "a person in blue loiter")
+    hard = [qa for qa in qas if any(d in qa.question for d in decoys)]
+    assert {qa.answer for qa in hard} == {"No"}
+    # 5% of questions by chance alone; the hard-negative share (30% of picks with a decoy on
+    # screen) triples it.
+    assert len(hard) / len(qas) > 0.12
