@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from encoder_trt.preprocess import normalise
+from reasoner.loading import load_tokenizer_from
 from reasoner.prompt import (
     IMAGE_TOKEN_INDEX,
     VideoSegment,
@@ -168,6 +170,22 @@ def window_pool(
     return out
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
+
+
+def tokenizer_for(init: Path | None, tok_dir: Path) -> Any:
+    """A new model gets a tokenizer built from today's question corpus; a continued one keeps
+    its own. The BPE merges depend on the corpus, so rebuilding after any change to the
+    questions would silently re-map token ids under trained embeddings (" red" moved from
+    322 to 316 when hard negatives were added)."""
+    if init is None:
+        return build_tokenizer(tok_dir, corpus_texts())
+    for name in TOKENIZER_FILES:
+        if (Path(init) / name).is_file():
+            shutil.copy(Path(init) / name, tok_dir / name)
+    return load_tokenizer_from(tok_dir)
+
+
 def lr_at(progress: float, step: int, opts: TrainOptions) -> float:
     if step < opts.warmup:
         return opts.lr * (step + 1) / opts.warmup
@@ -186,7 +204,7 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
     random.seed(opts.seed)
     rng = np.random.default_rng([opts.seed, 11])
     tok_dir = Path(tempfile.mkdtemp(prefix="fw-tiny-tok-"))
-    tok = build_tokenizer(tok_dir, corpus_texts())
+    tok = tokenizer_for(opts.init, tok_dir)
     config = exported_config(opts.init) if opts.init is not None else opts.config
     if len(tok) > config.vocab_size:
         raise ValueError(f"tokenizer has {len(tok)} ids > vocab_size {config.vocab_size}")

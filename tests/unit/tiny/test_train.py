@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 from encoder_trt.checkpoint import load_clip_encoder
 from reasoner.loading import load_reasoner
@@ -57,3 +60,22 @@ def test_encoder_stage_trains_only_the_vision_side(tmp_path: Path) -> None:
     assert llm and all(bool((before[k] == after[k]).all()) for k in llm)
     vision = [k for k in before if k not in llm and k.startswith("model.vision_tower")]
     assert any(not bool((before[k] == after[k]).all()) for k in vision)
+
+
+def test_continued_training_keeps_the_init_tokenizer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--init keeps the exported tokenizer even when today's question corpus would build
+    different merges (a rebuilt tokenizer re-maps ids under the trained embeddings)."""
+    import reasoner.tiny.train as train_mod
+
+    opts = TrainOptions(seed=0, steps=1, scenes=2, windows_per_scene=1, batch_windows=1,
+                        config=SMALL)  # fmt: skip
+    train(opts, tmp_path / "a")
+    first = (tmp_path / "a" / "tokenizer.json").read_text()
+    monkeypatch.setattr(train_mod, "corpus_texts", lambda: ["a different corpus entirely"] * 50)
+    train(replace(opts, init=tmp_path / "a"), tmp_path / "b")
+    assert (tmp_path / "b" / "tokenizer.json").read_text() == first
+    # A new model does take today's corpus (so the check above is not vacuous).
+    train(opts, tmp_path / "c")
+    assert (tmp_path / "c" / "tokenizer.json").read_text() != first
