@@ -87,9 +87,11 @@ class Batch:
     """Teacher-forced questions over a set of windows.
 
     `pixels` (C, 4, 3, S, S) holds every clip of every window; window w owns clips
-    `clip_ranges[w]`. Its shared prefix is `prefix_ids[w]` followed by its visual block; each of
-    its questions continues with `suffix_ids[w][q]` (prompt after the placeholder, then the
-    answer), whose last `n_answer[w][q]` ids are supervised (answer + `<|im_end|>`).
+    `clip_ranges[w]`. Its shared prefix is `prefix_ids[w]`, its visual block, then
+    `shared_ids[w]` (the prompt text every question of the window has in common after the
+    block: the timestamp sentence); each of its questions continues with `suffix_ids[w][q]`
+    (the rest of its prompt, then the answer), whose last `n_answer[w][q]` ids are supervised
+    (answer + `<|im_end|>`).
     """
 
     pixels: Tensor
@@ -102,6 +104,7 @@ class Batch:
     # per window, per question: suffix positions [a, b) that also learn to predict the first
     # answer token (yes/no questions; training only, see `TinyVideoChat.window_logits`)
     early: list[list[tuple[int, int] | None]] | None = None
+    shared_ids: list[list[int]] | None = None  # per window; None = nothing shared
 
 
 def qwen2_init(module: nn.Module, std: float) -> None:
@@ -214,7 +217,9 @@ class TinyVideoChat(nn.Module):
         self.early_logits = []
         for w, block in enumerate(blocks):
             pre = torch.tensor(batch.prefix_ids[w], device=block.device)
-            prefix = torch.cat([embed(pre), block])[None]  # (1, P, D)
+            shared = batch.shared_ids[w] if batch.shared_ids is not None else []
+            post = torch.tensor(shared, dtype=torch.long, device=block.device)
+            prefix = torch.cat([embed(pre), block, embed(post)])[None]  # (1, P, D)
             early = batch.early[w] if batch.early is not None else None
             lg, tg = self.window_logits(prefix, batch.suffix_ids[w], batch.n_answer[w], early)
             logits.append(lg)

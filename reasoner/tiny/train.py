@@ -127,6 +127,7 @@ def make_batch(
     early: bool = False,
 ) -> Batch:
     pixels, ranges, prefixes, suffixes, n_answer = [], [], [], [], []
+    shared: list[list[int]] = []
     spans: list[list[tuple[int, int] | None]] = []
     start = 0
     for window, questions in zip(windows, qas, strict=True):
@@ -148,8 +149,11 @@ def make_batch(
                 spans[-1].append(None)
             sufs.append(suf + ans)
             ns.append(len(ans))
+        cut = common_prompt_length(sufs, ns)
         prefixes.append(pre)
-        suffixes.append(sufs)
+        shared.append(sufs[0][:cut])
+        suffixes.append([suf[cut:] for suf in sufs])
+        spans[-1] = [None if sp is None else (max(0, sp[0] - cut), sp[1] - cut) for sp in spans[-1]]
         n_answer.append(ns)
     labels = torch.from_numpy(np.concatenate([clip_labels(w) for w in windows])) if aux else None
     batch = Batch(
@@ -158,7 +162,22 @@ def make_batch(
     batch.clip_labels = labels
     batch.slots = [clip_slots(w, tok) for w in windows] if slots else None
     batch.early = spans if early else None
+    batch.shared_ids = shared
     return batch
+
+
+def common_prompt_length(suffixes: Sequence[Sequence[int]], n_answer: Sequence[int]) -> int:
+    """How many leading ids every question of a window shares after its visual block (the
+    timestamp sentence, about half of each suffix): run once per window instead of once per
+    question. Each suffix keeps its last prompt id, which predicts the first answer id, so the
+    supervised positions are unchanged; attention is causal, so the logits are exactly those
+    of the unshared prompts (the same split `reasoner.prompt.build_rule_inputs` makes)."""
+    limit = min(len(s) - n - 1 for s, n in zip(suffixes, n_answer, strict=True))
+    first = suffixes[0]
+    for i in range(max(limit, 0)):
+        if any(s[i] != first[i] for s in suffixes[1:]):
+            return i
+    return max(limit, 0)
 
 
 def window_pool(

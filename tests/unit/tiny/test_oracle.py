@@ -124,3 +124,38 @@ def test_masked_chamfer_charges_a_missed_actor_slot() -> None:
     matched = target.clone()
     assert float(chamfer(collapsed, target, mask)) > 20 * float(chamfer(collapsed, target))
     assert float(chamfer(matched, target, mask)) < 1e-6
+
+
+def test_shared_prompt_run_once_per_window_gives_the_same_logits() -> None:
+    """The timestamp sentence every question of a window shares moves into the window's prefix
+    (half of each suffix); the answer logits must not change."""
+    from reasoner.tiny.data import QA
+    from reasoner.tiny.model import TinyConfig, TinyVideoChat
+
+    tok = _tok()
+    ws = _window()[:2]
+    qas = [[QA("presence", "Is there a red car in the video? Answer yes or no.", "Yes"),
+            QA("count", "How many cars appear in the video?", "1"),
+            QA("presence", "Is there a person in the video? Answer yes or no.", "No")]
+           for _ in ws]  # fmt: skip
+    batch = make_batch(tok, ws, qas, pixels_too=False, slots=True)
+    assert batch.shared_ids is not None
+    for w, window in enumerate(ws):
+        shared = str(tok.decode(batch.shared_ids[w]))
+        assert f"lasts for {window.duration:.2f} seconds" in shared
+        assert "red car" not in shared
+    unshared = make_batch(tok, ws, qas, pixels_too=False, slots=True)
+    unshared.suffix_ids = [
+        [s + q for q in qs] for s, qs in zip(batch.shared_ids, batch.suffix_ids, strict=True)
+    ]
+    unshared.shared_ids = None
+    torch.manual_seed(0)
+    model = TinyVideoChat(TinyConfig(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                                     intermediate_size=64, vocab_size=len(tok)))  # fmt: skip
+    model.oracle = True
+    model.eval()
+    with torch.no_grad():
+        loss_a, pred_a, target_a = model.loss(batch)
+        loss_b, pred_b, target_b = model.loss(unshared)
+    assert torch.equal(target_a, target_b) and torch.equal(pred_a, pred_b)
+    assert torch.allclose(loss_a, loss_b, atol=1e-5)
