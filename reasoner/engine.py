@@ -61,6 +61,7 @@ from reasoner.planning import (
     WindowPlan,
     even_indices,
     fixed_windows,
+    onset_windows,
     plan_window,
     split_budget,
     top_windows,
@@ -362,7 +363,8 @@ class LocalReasoner:
                 found += [(sc, n, a, b) for sc, (a, b) in zip(scores, windows, strict=True)]
                 scanned += len(windows)
                 frames += 4 * sum(b - a for a, b in windows)
-            keep = sorted(top_windows([f[0] for f in found], top_k))
+            scores = [f[0] for f in found]
+            keep = onset_windows(scores, top_windows(scores, top_k), [f[1] for f in found])
             chosen = [found[k][1:] for k in keep]
             if level == 0:
                 break

@@ -17,7 +17,8 @@ does. If even the coarsest level has too many frames its clips are thinned evenl
 **zoom** (long ranges): a uniform stride of 64 s steps over a 20 s event. Zoom cuts the range
 into fixed windows of a finer level, scores every window's relevance to the question (one
 batched yes/no pass with the same prompt text for all windows), and answers over the `top_k`
-most relevant windows, each labelled with its true offset. `auto` picks zoom when the pyramid
+most relevant windows (each moved back to the start of a run of about equally relevant
+windows: `onset_windows`), each labelled with its true offset. `auto` picks zoom when the pyramid
 level would sample coarser than `max_pyramid_stride_s` and a finer level covers the range;
 the scan is capped at `zoom_max_windows` prefills by widening windows. A scan above level 0
 only locates the event: the engine scans each kept window again one level finer inside its
@@ -290,3 +291,36 @@ def top_windows(scores: Sequence[float], k: int) -> list[int]:
     """Indices of the k highest scores, returned in temporal (index) order."""
     order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
     return sorted(order[:k])
+
+
+ONSET_FLOOR = 0.5  # a window counts as relevant from this P(yes) on
+ONSET_MARGIN = 0.15  # ... and as "about as relevant" as the best within this much of it
+
+
+def onset_windows(
+    scores: Sequence[float],
+    keep: Sequence[int],
+    runs: Sequence[int],
+    floor: float = ONSET_FLOOR,
+    margin: float = ONSET_MARGIN,
+) -> list[int]:
+    """Move each kept window back over the windows just before it (same run, i.e. adjacent
+    in time) that are relevant and score within `margin` of it, in temporal order.
+
+    Why: an event that lasts longer than a window (a car parked for a minute) makes every
+    window it covers about equally relevant, and the top score then falls on any of them;
+    "when did it park?" asks for the first one, where the event begins. A clearly better
+    window (more than `margin`) is kept as it is.
+    """
+    out = set()
+    for i in keep:
+        j = i
+        while (
+            j > 0
+            and runs[j - 1] == runs[i]
+            and j - 1 not in keep
+            and scores[j - 1] >= max(floor, scores[i] - margin)
+        ):
+            j -= 1
+        out.add(j)
+    return sorted(out)
