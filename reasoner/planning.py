@@ -304,19 +304,24 @@ def onset_windows(
     floor: float = ONSET_FLOOR,
     margin: float = ONSET_MARGIN,
 ) -> list[int]:
-    """Move each kept window back over the windows just before it (same run, i.e. adjacent
-    in time) that are relevant and score within `margin` of it, in temporal order.
+    """Move each kept window that lies inside a longer event (the window after it is relevant
+    too) back over the windows just before it (same run, i.e. adjacent in time) that are
+    relevant and score within `margin` of it; returned in temporal order.
 
     Why: an event that lasts longer than a window (a car parked for a minute) makes every
     window it covers about equally relevant, and the top score then falls on any of them;
-    "when did it park?" asks for the first one, where the event begins. A clearly better
-    window (more than `margin`) is kept as it is.
+    "when did it park?" asks for the first one, where the event begins. A window with
+    nothing relevant after it is kept: a short event (a 20 s parking) is relevant in its own
+    window and at most in the one before (the car driving in), which is not where it began.
+    A clearly better window (more than `margin`) is kept as well.
     """
     out = set()
     for i in keep:
         j = i
+        inside = i + 1 < len(scores) and runs[i + 1] == runs[i] and scores[i + 1] >= floor
         while (
-            j > 0
+            inside
+            and j > 0
             and runs[j - 1] == runs[i]
             and j - 1 not in keep
             and scores[j - 1] >= max(floor, scores[i] - margin)

@@ -126,21 +126,25 @@ def test_helpers() -> None:
     assert fixed_windows(10, 4) == [(0, 4), (4, 8), (6, 10)]  # last aligned to the end
     assert fixed_windows(3, 4) == [(0, 3)]
     assert top_windows([0.1, 0.9, 0.5, 0.9], 2) == [1, 3]
+    assert merge_adjacent([(0, 4), (4, 8), (12, 16), (14, 18)]) == [(0, 8), (12, 18)]
+    assert top_clips([0.0, 0.5, 0.2, 0.5], 3) == [1, 3, 2]
 
 
 def test_onset_windows_start_where_a_long_event_begins() -> None:
     runs = [0, 0, 0, 0, 0]
     # a car parked over windows 1-3, the top score on window 2: answer from window 1
     assert onset_windows([0.0, 0.51, 0.61, 0.54, 0.1], [2], runs) == [1]
-    assert onset_windows([0.6, 0.7, 0.75, 0.1, 0.0], [2], runs) == [0]  # the whole run back
+    assert onset_windows([0.6, 0.7, 0.75, 0.6, 0.0], [2], runs) == [0]  # the whole run back
+    # a short event (nothing relevant after the top window) stays: the window before it shows
+    # the car driving in, not the parking
+    assert onset_windows([0.0, 0.51, 0.61, 0.1, 0.0], [2], runs) == [2]
     # a clearly better window stays; so does one whose neighbour is not relevant at all
-    assert onset_windows([0.0, 0.55, 0.9, 0.1, 0.0], [2], runs) == [2]
-    assert onset_windows([0.0, 0.45, 0.5, 0.1, 0.0], [2], runs) == [2]
+    assert onset_windows([0.0, 0.55, 0.9, 0.6, 0.0], [2], runs) == [2]
+    assert onset_windows([0.0, 0.45, 0.5, 0.6, 0.0], [2], runs) == [2]
     # never across a run boundary (another kept window's segment), never onto a kept window
-    assert onset_windows([0.8, 0.8, 0.8, 0.1, 0.0], [2], [0, 1, 1, 2, 2]) == [1]
-    assert onset_windows([0.8, 0.8, 0.8, 0.1, 0.0], [1, 2], runs) == [0, 2]
-    assert merge_adjacent([(0, 4), (4, 8), (12, 16), (14, 18)]) == [(0, 8), (12, 18)]
-    assert top_clips([0.0, 0.5, 0.2, 0.5], 3) == [1, 3, 2]
+    assert onset_windows([0.8, 0.8, 0.8, 0.8, 0.0], [2], [0, 1, 1, 1, 2]) == [1]
+    assert onset_windows([0.8, 0.8, 0.8, 0.8, 0.0], [2], [0, 1, 1, 2, 2]) == [2]
+    assert onset_windows([0.8, 0.8, 0.8, 0.8, 0.0], [1, 2], runs) == [0, 2]
 
 
 def test_times_in_answers() -> None:
