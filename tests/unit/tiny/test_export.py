@@ -65,7 +65,10 @@ def test_loaders_match_training_model(exported: tuple[TinyVideoChat, Path], tok_
         loss = float(model.loss(batch)[0])
         block = model.projector(ours).flatten(0, 1)
         pre = torch.tensor(batch.prefix_ids[0])
-        prefix = torch.cat([model.llm.model.embed_tokens(pre), block])[None]
+        assert batch.shared_ids is not None  # the prompt text after the block, run once
+        post = torch.tensor(batch.shared_ids[0], dtype=torch.long)
+        embed = model.llm.model.embed_tokens
+        prefix = torch.cat([embed(pre), block, embed(post)])[None]
         logits, target = model.window_logits(prefix, batch.suffix_ids[0], batch.n_answer[0])
 
         seg = VideoSegment(project_clips(loaded.projector, theirs), window.duration,
