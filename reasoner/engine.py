@@ -76,6 +76,7 @@ REFERENCE_LAYERS = 28  # the drop layer defaults [4, 18] are for 28-layer models
 DECODE_CHUNK = 8  # decode tokens per scheduler step
 SCAN_BATCH = 8  # zoom windows per batched relevance pass
 MAX_FRAMES_KEY = "fw_max_frames"  # config.json: most frames per prompt (small checkpoints only)
+MAX_STEP_KEY = "fw_max_frame_step_s"  # config.json: widest trained frame spacing (ditto)
 
 
 def drive(steps: Generator[str, None, Any]) -> Any:
@@ -164,12 +165,14 @@ class LocalReasoner:
         self.limits = limits or PlanLimits(frame_budget=cfg.frame_budget, s0=s0)
         max_frames = loaded.config.get(MAX_FRAMES_KEY)
         if max_frames is not None:  # the checkpoint was trained on shorter prompts
-            capped = self.limits.capped(int(max_frames))
+            step = loaded.config.get(MAX_STEP_KEY)
+            capped = self.limits.capped(int(max_frames), None if step is None else float(step))
             if capped != self.limits:
                 log.info(
-                    "the model reads at most %s frames per prompt (%s): frame budget %d, "
-                    "zoom windows of %d frames",
-                    max_frames, MAX_FRAMES_KEY, capped.frame_budget, capped.zoom_window_frames,
+                    "the model reads at most %s frames per prompt (%s), %s s apart at most: "
+                    "frame budget %d, zoom windows of %d frames, pyramid stride <= %g s",
+                    max_frames, MAX_FRAMES_KEY, step, capped.frame_budget,
+                    capped.zoom_window_frames, capped.max_pyramid_stride_s,
                 )  # fmt: skip
             self.limits = capped
         self.evidence_clips = evidence_clips

@@ -76,16 +76,24 @@ class PlanLimits:
     def max_clips(self) -> int:
         return self.frame_budget // FRAMES_PER_CLIP
 
-    def capped(self, max_frames: int) -> PlanLimits:
+    def capped(self, max_frames: int, max_step_s: float | None = None) -> PlanLimits:
         """These limits within the frames a model reads in one prompt (a checkpoint's
         `fw_max_frames`): the answer budget, the floor and the zoom window never exceed it,
-        so a zoom scan asks the model about windows as long as those it was trained on."""
+        so a zoom scan asks the model about windows as long as those it was trained on.
+        `max_step_s` (`fw_max_frame_step_s`), the widest frame spacing it was trained on,
+        bounds the pyramid's stride the same way: `auto` zooms rather than show it frames
+        further apart than it has seen (the tiny model: 1-2 s, so a 2-minute range is
+        scanned on level 0 instead of read as 32 level-1 frames 4 s apart)."""
         most = max(FRAMES_PER_CLIP, max_frames // FRAMES_PER_CLIP * FRAMES_PER_CLIP)
+        stride = self.max_pyramid_stride_s
+        if max_step_s is not None:
+            stride = min(stride, max_step_s)
         return replace(
             self,
             frame_budget=min(self.frame_budget, most),
             min_frames=min(self.min_frames, most),
             zoom_window_frames=min(self.zoom_window_frames, most),
+            max_pyramid_stride_s=stride,
         )
 
     def stride(self, level: int) -> float:

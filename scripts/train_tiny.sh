@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Train the tiny synthetic-world model (models/tiny) on a CPU, seeded, in five stages.
-# Budgets are wall-clock minutes (about 82 in all, one thread each), so another machine does
-# a different number of steps; pass --steps to `flashwatch tiny train` for bit-reproducible
-# runs. BENCHMARKS.md ("Tiny model training") has what each stage reached.
+# Budgets are fixed step counts, so a rerun on the same thread count does the same work
+# (about 40 minutes on 2 cores, BENCHMARKS.md "Tiny model training" has what each stage
+# reached). THREADS=1 halves the cores used and takes about 1.5 times as long.
 #
 # 1. oracle: the LLM (256 wide; 128 never learned the matching) learns to read "visual
 #    tokens" built from the ground truth (the sum of its own word embeddings per actor),
@@ -18,17 +18,17 @@ cd "$(dirname "$0")/.."
 FW=.venv/bin/flashwatch
 OUT=${1:-models/tiny}
 WORK=$(mktemp -d /tmp/fw-tiny.XXXX)
-COMMON=(--focus --scenes 150)
-$FW tiny train --out "$WORK/o1" --stage oracle --compact "${COMMON[@]}" --minutes 20 --seed 0 \
+COMMON=(--focus --scenes 150 --threads "${THREADS:-2}")
+$FW tiny train --out "$WORK/o1" --stage oracle --compact "${COMMON[@]}" --steps 1200 --seed 0 \
     --min-clips 1 --max-clips 4 --questions 16 --lr 1e-3 --warmup 50
 $FW tiny train --out "$WORK/o2" --init "$WORK/o1" --stage oracle --compact "${COMMON[@]}" \
-    --minutes 15 --seed 1 --min-clips 1 --max-clips 4 --questions 16 --lr 5e-4 --warmup 20
+    --steps 950 --seed 1 --min-clips 1 --max-clips 4 --questions 16 --lr 5e-4 --warmup 20
 $FW tiny train --out "$WORK/o3" --init "$WORK/o2" --stage oracle "${COMMON[@]}" \
-    --minutes 10 --seed 6 --min-clips 1 --max-clips 8 --questions 16 --lr 5e-4 --warmup 20
+    --steps 350 --seed 6 --min-clips 1 --max-clips 8 --questions 16 --lr 5e-4 --warmup 20
 $FW tiny train --out "$WORK/e1" --init "$WORK/o3" --stage encoder "${COMMON[@]}" \
-    --minutes 22 --seed 4 --min-clips 1 --max-clips 8 --questions 1 --lr 2e-3 --warmup 20 \
+    --steps 5000 --seed 4 --min-clips 1 --max-clips 8 --questions 1 --lr 2e-3 --warmup 20 \
     --distill-weight 30
-$FW tiny train --out "$OUT" --init "$WORK/e1" --stage video "${COMMON[@]}" --minutes 15 \
+$FW tiny train --out "$OUT" --init "$WORK/e1" --stage video "${COMMON[@]}" --steps 600 \
     --seed 8 --min-clips 1 --max-clips 8 --questions 16 --lr 5e-4 --warmup 20 \
     --freeze-llm-steps 100 --distill-weight 30
 rm -rf "$WORK"

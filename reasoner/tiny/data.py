@@ -26,6 +26,7 @@ from reasoner.answers import relevance_question, rule_question
 RENDER_W, RENDER_H = 160, 120  # rendered, then squashed to S x S like any camera frame
 SCENE_SECONDS = 300.0
 WINDOW_S = (16, 64)
+FRAME_STEPS = (1.0, 2.0)  # seconds between frames: 80% / 20% of training windows
 QUESTION_KINDS = ("presence", "happened", "relevance", "colour", "count", "when", "caption")
 KIND_WEIGHTS = (0.22, 0.22, 0.10, 0.10, 0.10, 0.10, 0.16)
 # The product's questions first: presence and "did X happen" (the alert-rule wording).
@@ -116,18 +117,32 @@ def seen_events(
 AUX_ACTORS = ("person", "car", "bag")
 
 
-def clip_labels(w: Window) -> np.ndarray:
-    """(n_clips, 3*6) float32: which (actor kind, colour) is on screen in each 4-frame clip.
+AUX_ACTOR_LABELS = len(AUX_ACTORS) * len(COLOURS)
+AUX_LABELS = AUX_ACTOR_LABELS + len(EVENTS) * len(COLOURS)
 
-    Targets of the auxiliary per-clip loss that speeds up learning what the encoder must see.
+
+def clip_labels(w: Window) -> np.ndarray:
+    """(n_clips, AUX_LABELS) float32 targets of the auxiliary per-clip loss on the encoder:
+    which (actor kind, colour) is on screen in each 4-frame clip, then which (event, colour)
+    is happening there (a red car parked, not just a red car).
+
+    Why the events: distilled onto the oracle tokens alone, the encoder learned actors and
+    colours but barely where a car stands (a bay or the road), so "a red car is parked"
+    scored about the same on red cars driving past (BENCHMARKS.md, stop 14).
     """
     times = w.times
-    out = np.zeros((len(times) // 4, len(AUX_ACTORS) * len(COLOURS)), dtype=np.float32)
+    n_clips = len(times) // 4
+    out = np.zeros((n_clips, AUX_LABELS), dtype=np.float32)
     for tr in w.truth.tracks:
         col = AUX_ACTORS.index(tr.actor_kind) * len(COLOURS) + COLOURS.index(tr.colour)
-        for c in range(out.shape[0]):
+        for c in range(n_clips):
             if any(on_screen(tr, t) for t in times[4 * c : 4 * c + 4]):
                 out[c, col] = 1.0
+    base = AUX_ACTOR_LABELS
+    for k, kind in enumerate(EVENTS):
+        for c in range(n_clips):
+            for ev in seen_events(w.truth, times[4 * c : 4 * c + 4], kind):
+                out[c, base + k * len(COLOURS) + COLOURS.index(ev.colour)] = 1.0
     return out
 
 
@@ -164,9 +179,9 @@ def sample_windows(
     needles = [e for e in scene.truth.events if e.needle and e.kind != "enter"]
     out = []
     for _ in range(count):
-        step = 1.0 if rng.random() < 0.8 else 2.0
+        step = FRAME_STEPS[0] if rng.random() < 0.8 else FRAME_STEPS[1]
         n_clips = int(rng.integers(clips[0], clips[1] + 1))
-        if step == 2.0:
+        if step == FRAME_STEPS[1]:
             n_clips = max(clips[0], n_clips // 2)
         dur = 4 * n_clips * step
         hi = SCENE_SECONDS - dur

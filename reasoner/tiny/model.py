@@ -31,6 +31,7 @@ from reasoner.modeling_qwen2_flash import (
 )
 from reasoner.projector import CHECKPOINT_PREFIX as PROJECTOR_PREFIX
 from reasoner.projector import MMProjector
+from reasoner.tiny.data import AUX_ACTOR_LABELS, FRAME_STEPS
 from reasoner.tiny.oracle import TOKENS_PER_CLIP, Slots, chamfer, compact_block, oracle_block
 
 IGNORE = -100
@@ -57,7 +58,9 @@ class TinyConfig:
     num_kv_heads: int = 4
     intermediate_size: int = 512
     vocab_size: int = 512
-    aux_labels: int = 18  # (person, car, bag) x 6 colours, see `data.clip_labels`
+    # Width of the training-only probe as built; the stages that train it widen it to
+    # `data.AUX_LABELS` (train.py). The default keeps a new model's seeded init as it was.
+    aux_labels: int = AUX_ACTOR_LABELS
     init_std: float = 0.02  # Qwen2's `initializer_range` for the LLM and projector
 
     def umt(self) -> UMTConfig:
@@ -276,7 +279,9 @@ def config_json(
 ) -> dict[str, Any]:
     """config.json with the official field names, FlashWatch's `fw_vision_config` and, when
     known, `fw_max_frames`: the longest prompt (in frames) the model was trained on, which
-    caps the reasoner's frame budget and zoom windows (the official models read 64-512)."""
+    caps the reasoner's frame budget and zoom windows (the official models read 64-512), with
+    `fw_max_frame_step_s`, the widest frame spacing it was trained on (caps the pyramid
+    stride the reasoner shows it)."""
     q, u = config.qwen2(), config.umt()
     return {
         "architectures": ["VideoChatFlashQwenForCausalLM"],
@@ -317,6 +322,7 @@ def config_json(
             "mlp_ratio": u.mlp_ratio,
         },
         **({"fw_max_frames": max_frames} if max_frames is not None else {}),
+        **({"fw_max_frame_step_s": max(FRAME_STEPS)} if max_frames is not None else {}),
         "fw_tiny": {"config": asdict(config), **extra},
     }
 

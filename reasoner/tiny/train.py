@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from reasoner.prompt import (
     user_message,
 )
 from reasoner.tiny.data import (
+    AUX_LABELS,
     FOCUS_WEIGHTS,
     KIND_WEIGHTS,
     QA,
@@ -231,6 +232,8 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
     pool = window_pool(seeds, opts.windows_per_scene, config.image_size, opts.clips)
     log.info("pool: %d windows in %.1f s", len(pool), time.perf_counter() - t_start)
 
+    if opts.stage in ("encoder", "video"):  # the probe is trained (not exported): today's labels
+        config = replace(config, aux_labels=AUX_LABELS)
     model = TinyVideoChat(config)
     model.oracle = opts.stage == "oracle"
     model.compact = opts.compact

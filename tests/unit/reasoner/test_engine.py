@@ -265,6 +265,11 @@ def test_checkpoint_max_frames_caps_the_plan(
     cfg_path.write_text(json.dumps(cfg_json))
     capped = LocalReasoner.from_config(ReasonerConfig(model_dir=short, dtype="fp32"), store)
     assert (capped.limits.frame_budget, capped.limits.zoom_window_frames) == (32, 32)
+    assert capped.limits.max_pyramid_stride_s == PlanLimits().max_pyramid_stride_s
+    cfg_json["fw_max_frame_step_s"] = 2.0
+    cfg_path.write_text(json.dumps(cfg_json))
+    fine = LocalReasoner.from_config(ReasonerConfig(model_dir=short, dtype="fp32"), store)
+    assert fine.limits.max_pyramid_stride_s == 2.0
     ans = capped.query(ask("What happens?", (1, T0, T0 + 600)))
     assert ans.frames <= 32
     plain = LocalReasoner.from_config(ReasonerConfig(model_dir=model_dir, dtype="fp32"), store)

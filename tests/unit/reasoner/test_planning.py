@@ -177,3 +177,11 @@ def test_limits_capped_to_a_models_prompt_length() -> None:
     assert p.strategy == "zoom" and p.zoom is not None
     assert (p.zoom.level, p.zoom.window_clips, p.zoom.windows, p.zoom.top_k) == (0, 8, 113, 1)
     assert p.max_clips == 8
+    # trained on frames 1-2 s apart: a 143 s range is scanned on level 0 rather than read as
+    # 32 level-1 frames 4 s apart (the demo's question)
+    demo = {0: LevelCoverage(NOW - 143, NOW - 4, 36), 1: LevelCoverage(NOW - 143, NOW - 16, 8)}
+    assert plan_window(1, demo, NOW - 143, NOW, short).strategy == "pyramid"
+    fine = PlanLimits().capped(32, 2.0)
+    assert fine.max_pyramid_stride_s == 2.0 and PlanLimits().capped(32, 64.0) == short
+    p = plan_window(1, demo, NOW - 143, NOW, fine)
+    assert p.strategy == "zoom" and p.zoom is not None and p.zoom.level == 0

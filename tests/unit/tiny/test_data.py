@@ -120,3 +120,27 @@ def test_event_questions_include_hard_negatives() -> None:
     # 5% of questions by chance alone; the hard-negative share (30% of picks with a decoy on
     # screen) triples it.
     assert len(hard) / len(qas) > 0.12
+
+
+def test_clip_labels_mark_what_a_car_is_doing_not_only_that_it_is_there() -> None:
+    from ingest.synth import COLOURS
+    from reasoner.tiny.data import AUX_ACTORS, AUX_LABELS, EVENTS, clip_labels
+
+    scene = Scene.from_spec(
+        SceneSpec(seed=5, duration=120.0, events=("red_car_parks@4+40", "red_car_crosses@70"),
+                  width=160, height=120, people_per_min=0.0, cars_per_min=0.0)
+    )  # fmt: skip
+    park = next(e for e in scene.truth.events if e.kind == "park")
+    cross = next(e for e in scene.truth.events if e.kind == "cross")
+    times = [park.t_start + 2.0, cross.t_start + 3.0]  # one clip parked, one driving past
+    frames = np.zeros((4, 1, 1, 3), np.uint8)
+    red_car = AUX_ACTORS.index("car") * len(COLOURS) + COLOURS.index("red")
+    base = len(AUX_ACTORS) * len(COLOURS)
+    red_parked = base + list(EVENTS).index("park") * len(COLOURS) + COLOURS.index("red")
+    red_crossing = base + list(EVENTS).index("cross") * len(COLOURS) + COLOURS.index("red")
+    parked, passing = (clip_labels(Window(5, t, 1.0, frames, scene.truth))[0] for t in times)
+    assert parked.shape == passing.shape == (AUX_LABELS,)
+    assert parked[red_car] == passing[red_car] == 1.0
+    assert parked[red_parked] == 1.0 and parked[red_crossing] == 0.0
+    assert passing[red_parked] == 0.0 and passing[red_crossing] == 1.0
+    assert parked.sum() == passing.sum() == 2.0  # nothing else on screen

@@ -32,6 +32,7 @@ def test_micro_training_reduces_loss(tmp_path: Path) -> None:
     loaded = load_reasoner(tmp_path / "m", dtype="fp32")
     assert loaded.llm.cfg.hidden_size == 64
     assert loaded.config["fw_max_frames"] == 4 * opts.clips[1]  # the longest trained prompt
+    assert loaded.config["fw_max_frame_step_s"] == 2.0  # the widest trained frame spacing
     report = evaluate(tmp_path / "m", windows=2, questions=8)
     assert sum(report["n"].values()) == 16
     assert 0.0 <= report["yes_no_accuracy"] <= 1.0
