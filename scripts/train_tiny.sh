@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Train the tiny synthetic-world model (models/tiny) on a CPU, seeded, in five stages.
 # Budgets are fixed step counts, so a rerun on the same thread count does the same work
-# (about 40 minutes on 2 cores, BENCHMARKS.md "Tiny model training" has what each stage
-# reached). THREADS=1 halves the cores used and takes about 1.5 times as long.
+# (about 41 minutes on 2 cores; BENCHMARKS.md "Tiny model, stop 14" has the stage times
+# and what the model reached). THREADS=1 halves the cores used and takes about 1.5 times
+# as long. Questions include hard negatives (an actor on screen that does not do the event)
+# from the first stage on.
 #
 # 1. oracle: the LLM (256 wide; 128 never learned the matching) learns to read "visual
 #    tokens" built from the ground truth (the sum of its own word embeddings per actor),
@@ -11,7 +13,8 @@
 # 2. oracle again at half the learning rate, then with the filler tokens a real clip has
 #    (64 per clip): a compact-only LLM fell from 0.95 to 0.75 yes/no when fillers appeared.
 # 3. encoder: UMT + projector distilled onto the oracle tokens (actor slots weighted), no LLM
-#    pass, 7x cheaper per step than training through the LLM.
+#    pass, 7x cheaper per step than training through the LLM; a per-clip probe also learns
+#    which actors are on screen and which events happen (a red car parked, not only red).
 # 4. video: everything together on pixels (LLM frozen for the first 100 steps).
 set -euo pipefail
 cd "$(dirname "$0")/.."
