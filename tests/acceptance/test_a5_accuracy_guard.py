@@ -23,7 +23,7 @@ pytestmark = [
 ]
 
 WINDOWS = 40
-YES_NO_FLOOR = 0.87  # measured 0.916 (0.922 with dropping) on this set, 2026-11-26 (stop 14 model)
+YES_NO_FLOOR = 0.80  # measured 0.837 (0.831 with dropping) on this set, 2026-11-26 (hard negatives)
 MARGIN = 0.05
 
 
