@@ -150,6 +150,15 @@ def build_inputs(
     return PromptInputs(text, ids, embeds, spans)
 
 
+def shared_prefix_length(id_lists: Sequence[Sequence[int]], limit: int) -> int:
+    """How many leading ids all `id_lists` have in common, at most `limit` (never below 0)."""
+    first = id_lists[0]
+    for i in range(max(limit, 0)):
+        if any(ids[i] != first[i] for ids in id_lists[1:]):
+            return i
+    return max(limit, 0)
+
+
 def build_rule_inputs(
     tokenizer: Tokenizer,
     embed: Callable[[list[int]], Tensor],
@@ -168,9 +177,7 @@ def build_rule_inputs(
         raise ValueError("no questions")
     texts = [chat_prompt(user_message(q, segments), system) for q in questions]
     all_ids = [tokenize_with_placeholders(tokenizer, t) for t in texts]
-    common = min(len(ids) for ids in all_ids) - 1
-    for ids in all_ids[1:]:
-        common = next((i for i in range(common) if ids[i] != all_ids[0][i]), common)
+    common = shared_prefix_length(all_ids, min(len(ids) for ids in all_ids) - 1)
     last_placeholder = max(i for i, t in enumerate(all_ids[0]) if t == IMAGE_TOKEN_INDEX)
     if common <= last_placeholder:
         raise ValueError("questions differ before the last visual block")

@@ -30,6 +30,7 @@ from reasoner.prompt import (
     IMAGE_TOKEN_INDEX,
     VideoSegment,
     chat_prompt,
+    shared_prefix_length,
     tokenize_with_placeholders,
     user_message,
 )
@@ -174,11 +175,7 @@ def common_prompt_length(suffixes: Sequence[Sequence[int]], n_answer: Sequence[i
     supervised positions are unchanged; attention is causal, so the logits are exactly those
     of the unshared prompts (the same split `reasoner.prompt.build_rule_inputs` makes)."""
     limit = min(len(s) - n - 1 for s, n in zip(suffixes, n_answer, strict=True))
-    first = suffixes[0]
-    for i in range(max(limit, 0)):
-        if any(s[i] != first[i] for s in suffixes[1:]):
-            return i
-    return max(limit, 0)
+    return shared_prefix_length(suffixes, limit)
 
 
 def window_pool(
