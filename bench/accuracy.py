@@ -56,13 +56,19 @@ class Stream:
     seconds: float
 
 
-def render_stream(seed: int, seconds: float, events: tuple[str, ...], cars_per_min: float) -> Scene:
+def render_stream(
+    seed: int,
+    seconds: float,
+    events: tuple[str, ...],
+    cars_per_min: float,
+    render: tuple[int, int] = (160, 120),
+) -> Scene:
     spec = SceneSpec(
         seed=seed,
         duration=seconds,
         events=events,
-        width=160,
-        height=120,
+        width=render[0],
+        height=render[1],
         fps=1.0,
         people_per_min=1.5,
         cars_per_min=cars_per_min,
@@ -106,7 +112,12 @@ def window(stream: Stream, t_from: float, t_to: float) -> CameraWindow:
 
 
 def alert_accuracy(
-    reasoner: LocalReasoner, store: MemoryStore, encoder: Any, size: int, seconds: float
+    reasoner: LocalReasoner,
+    store: MemoryStore,
+    encoder: Any,
+    size: int,
+    seconds: float,
+    render: tuple[int, int] = (160, 120),
 ) -> dict[str, Any]:
     from alerts.policy import RuleState, decide
 
@@ -117,7 +128,7 @@ def alert_accuracy(
         at = int(i * gap + rng.uniform(0.1, 0.5) * gap)
         kind = ("red_car_parks", "blue_car_parks", "red_car_crosses", "red_car_parks")[i % 4]
         events.append(f"{kind}@{at}" + ("+40" if "parks" in kind else ""))
-    scene = render_stream(71, seconds, tuple(events), cars_per_min=0.0)
+    scene = render_stream(71, seconds, tuple(events), cars_per_min=0.0, render=render)
     stream = Stream(900, scene, seconds)
     store_stream(store, encoder, size, stream, levels=1)
     parks = [
@@ -168,11 +179,14 @@ def needle(
     size: int,
     hours: float,
     seed: int,
+    render: tuple[int, int] = (160, 120),
 ) -> list[dict[str, Any]]:
     seconds = hours * 3600.0
     rng = np.random.default_rng(seed)
     at = float(int(rng.uniform(0.1, 0.9) * seconds))
-    scene = render_stream(seed, seconds, (f"red_car_parks@{at:g}+20",), cars_per_min=0.0)
+    scene = render_stream(
+        seed, seconds, (f"red_car_parks@{at:g}+20",), cars_per_min=0.0, render=render
+    )
     stream = Stream(1000 + seed, scene, seconds)
     store_stream(store, encoder, size, stream)
     event = next(e for e in scene.truth.events if e.kind == "park")
@@ -214,11 +228,17 @@ def main() -> None:
     ap.add_argument("--alert-seconds", type=float, default=3600.0)
     ap.add_argument("--quick", action="store_true", help="Small sizes (a smoke run).")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--render", default="160x120", help="Camera size WxH (A3 and the demo use 320x240)."
+    )
     args = ap.parse_args()
     if args.quick:
         args.hours, args.needles, args.qa_windows, args.alert_seconds = "0.1", 1, 8, 600.0
     torch.set_num_threads(args.threads)
+    from ingest.synth.cli import frame_size
     from reasoner.tiny.evaluate import evaluate
+
+    render = frame_size(args.render)
 
     t0 = time.perf_counter()
     out: dict[str, Any] = {
@@ -226,8 +246,9 @@ def main() -> None:
         "model": str(args.model),
         "machine": platform.node(),
         "date": time.strftime("%Y-%m-%d"),
+        "render": args.render,
     }
-    out["qa"] = evaluate(args.model, windows=args.qa_windows, threads=args.threads)
+    out["qa"] = evaluate(args.model, windows=args.qa_windows, threads=args.threads, render=render)
     out["qa"].pop("examples", None)
     encoder, report = load_clip_encoder(args.model)
     with tempfile.TemporaryDirectory() as tmp:
@@ -240,12 +261,14 @@ def main() -> None:
             for drop in ("none", "uniform0_attention")
         }
         out["alerts"] = alert_accuracy(
-            reasoners["none"], store, encoder, report.image_size, args.alert_seconds
+            reasoners["none"], store, encoder, report.image_size, args.alert_seconds, render
         )
         rows = []
         for hours in (float(h) for h in args.hours.split(",")):
             for seed in range(args.needles):
-                rows += needle(reasoners, store, encoder, report.image_size, hours, 40 + seed)
+                rows += needle(
+                    reasoners, store, encoder, report.image_size, hours, 40 + seed, render
+                )
         out["needle"] = rows
         summary: dict[str, float] = {}
         for r in rows:

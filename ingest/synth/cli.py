@@ -47,7 +47,8 @@ def _events(raw: list[str] | None) -> tuple[str, ...]:
     return items
 
 
-def _size(text: str) -> tuple[int, int]:
+def frame_size(text: str) -> tuple[int, int]:
+    """Parse "WxH" into (w, h), or raise a usage error naming the rule (even sides, at least 32)."""
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
@@ -77,7 +78,7 @@ def video_cmd(
     duration = seconds if seconds is not None else 60.0 * (minutes if minutes else 1.0)
     if duration <= 0:
         raise typer.BadParameter("length must be positive")
-    width, height = _size(size)
+    width, height = frame_size(size)
     spec = SceneSpec(
         seed=seed,
         duration=duration,
@@ -111,7 +112,7 @@ def frame_cmd(
     """Render one frame as an image (to eyeball a scene without encoding video)."""
     from PIL import Image
 
-    width, height = _size(size)
+    width, height = frame_size(size)
     ev = _events(events)
     duration = max([t + 1.0] + [EventSpec.parse(e).t + 120.0 for e in ev])
     spec = SceneSpec(seed, duration, ev, width, height, 25.0, people_per_min, cars_per_min)

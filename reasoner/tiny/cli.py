@@ -61,8 +61,12 @@ def train_cmd(
     layers: Annotated[int, typer.Option(help="LLM decoder layers (a new model only).")] = 4,
     heads: Annotated[int, typer.Option(help="LLM attention heads (a new model only).")] = 8,
     kv_heads: Annotated[int, typer.Option(help="LLM key/value heads (a new model only).")] = 4,
+    renders: Annotated[
+        str, typer.Option(help="Camera sizes WxH, comma-separated; scenes cycle through them.")
+    ] = "160x120,320x240",
 ) -> None:
     """Train encoder + projector + LLM end to end and export a VideoChat-Flash directory."""
+    from ingest.synth.cli import frame_size
     from reasoner.tiny.model import TinyConfig
     from reasoner.tiny.train import TrainOptions, train
 
@@ -72,6 +76,7 @@ def train_cmd(
         lr=lr, warmup=warmup, clips=(min_clips, max_clips), questions_per_window=questions,
         stage=stage, compact=compact, freeze_llm_steps=freeze_llm_steps,
         distill_weight=distill_weight, focus=focus,
+        renders=tuple(frame_size(r.strip()) for r in renders.split(",") if r.strip()),
         config=TinyConfig(hidden_size=hidden, num_layers=layers, num_heads=heads,
                           num_kv_heads=kv_heads, intermediate_size=2 * hidden),  # ignored with init
     )  # fmt: skip
@@ -95,10 +100,11 @@ def eval_cmd(
     ] = False,
 ) -> None:
     """Accuracy per question kind on held-out scene seeds, through the normal loaders."""
+    from ingest.synth.cli import frame_size
     from reasoner.loading import drop_config_from_dict
     from reasoner.tiny.evaluate import evaluate
 
-    w, h = (int(v) for v in render.lower().split("x"))
+    w, h = frame_size(render)
     drop_cfg = None
     if drop:
         cfg = json.loads((model / "config.json").read_text())

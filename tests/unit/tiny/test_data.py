@@ -144,3 +144,22 @@ def test_clip_labels_mark_what_a_car_is_doing_not_only_that_it_is_there() -> Non
     assert parked[red_parked] == 1.0 and parked[red_crossing] == 0.0
     assert passing[red_parked] == 0.0 and passing[red_crossing] == 1.0
     assert parked.sum() == passing.sum() == 2.0  # nothing else on screen
+
+
+def test_training_pool_cycles_camera_sizes_scene_by_scene() -> None:
+    """Scene i of the pool is rendered at renders[i % len]: the model sees the 320x240 cameras
+    A3 and the demo use, not only the 160x120 evaluation renders."""
+    import pytest
+
+    from reasoner.tiny.train import window_pool
+
+    sizes = ((160, 120), (320, 240))
+    pool = window_pool([5, 6], 2, 32, clips=(1, 2), renders=sizes)
+    for i, seed in enumerate((5, 6)):
+        want = sample_windows(seed, 2, 32, sizes[i], clips=(1, 2))
+        got = pool[2 * i : 2 * i + 2]
+        assert all(np.array_equal(g.frames, w.frames) for g, w in zip(got, want, strict=True))
+    other = sample_windows(6, 2, 32, sizes[0], clips=(1, 2))
+    assert not np.array_equal(pool[2].frames, other[0].frames)  # the size really changed
+    with pytest.raises(ValueError, match="renders"):
+        window_pool([5], 1, 32, renders=())
