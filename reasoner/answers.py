@@ -63,6 +63,15 @@ def rule_question(text: str) -> str:
     return f"{question} Answer yes or no."
 
 
+def explain_question(text: str) -> str:
+    """The free-text question behind an alert's reason (an explain call): a rule written as a
+    question is asked as is, a description as "Does the video show X? Explain briefly."."""
+    text = " ".join(text.split())
+    return (
+        text if text.endswith("?") else f"Does the video show {text.rstrip('.')}? Explain briefly."
+    )
+
+
 def relevance_question(question: str) -> str:
     """The zoom scan's prompt: the same text for every window, so windows batch together."""
     q = " ".join(question.split())

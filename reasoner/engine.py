@@ -47,6 +47,7 @@ from flashwatch.messages import (
 from memory.codec import tokens_to_array
 from memory.store import MemoryStore
 from reasoner.answers import (
+    explain_question,
     mentioned_times,
     merge_adjacent,
     relevance_question,
@@ -480,12 +481,7 @@ class LocalReasoner:
 
     def _explain(self, text: str, seg: VideoSegment, max_new_tokens: int = 32) -> str:
         """A short free-text answer to the rule's question (explain=True; costs a generation)."""
-        q = (
-            text
-            if text.strip().endswith("?")
-            else f"Does the video show {text.strip()}? Explain briefly."
-        )
-        inputs = build_inputs(self.tok, self._embed, q, [seg])
+        inputs = build_inputs(self.tok, self._embed, explain_question(text), [seg])
         gen = self.llm.generate_greedy(
             inputs.inputs_embeds,
             inputs.visual_spans,

@@ -61,6 +61,12 @@ def train_cmd(
     layers: Annotated[int, typer.Option(help="LLM decoder layers (a new model only).")] = 4,
     heads: Annotated[int, typer.Option(help="LLM attention heads (a new model only).")] = 8,
     kv_heads: Annotated[int, typer.Option(help="LLM key/value heads (a new model only).")] = 4,
+    explain_share: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=0.9, help="Share of 'Explain briefly' questions (alert reasons)."
+        ),
+    ] = 0.0,
     renders: Annotated[
         str, typer.Option(help="Camera sizes WxH, comma-separated; scenes cycle through them.")
     ] = "160x120,320x240",
@@ -75,7 +81,7 @@ def train_cmd(
         seed=seed, minutes=minutes, steps=steps, threads=threads, scenes=scenes, init=init,
         lr=lr, warmup=warmup, clips=(min_clips, max_clips), questions_per_window=questions,
         stage=stage, compact=compact, freeze_llm_steps=freeze_llm_steps,
-        distill_weight=distill_weight, focus=focus,
+        distill_weight=distill_weight, focus=focus, explain_share=explain_share,
         renders=tuple(frame_size(r.strip()) for r in renders.split(",") if r.strip()),
         config=TinyConfig(hidden_size=hidden, num_layers=layers, num_heads=heads,
                           num_kv_heads=kv_heads, intermediate_size=2 * hidden),  # ignored with init

@@ -21,18 +21,23 @@ import numpy as np
 
 from encoder_trt.preprocess import resize_frame
 from ingest.synth import COLOURS, Event, GroundTruth, Scene, SceneSpec, Track
-from reasoner.answers import relevance_question, rule_question
+from reasoner.answers import explain_question, relevance_question, rule_question
 
 RENDER_W, RENDER_H = 160, 120  # rendered, then squashed to S x S like any camera frame
 SCENE_SECONDS = 300.0
 WINDOW_S = (16, 64)
 FRAME_STEPS = (1.0, 2.0)  # seconds between frames: 80% / 20% of training windows
-QUESTION_KINDS = ("presence", "happened", "relevance", "colour", "count", "when", "caption")
-KIND_WEIGHTS = (0.22, 0.22, 0.10, 0.10, 0.10, 0.10, 0.16)
+QUESTION_KINDS = (
+    "presence", "happened", "relevance", "colour", "count", "when", "caption", "explain",
+)  # fmt: skip
+# "explain" last and at weight 0 in both mixes: the earlier stages' random streams (and the
+# tokenizer built from them) stay what they were; `with_explain` gives it a share.
+KIND_WEIGHTS = (0.22, 0.22, 0.10, 0.10, 0.10, 0.10, 0.16, 0.0)
 # The product's questions first: presence and "did X happen" (the alert-rule wording).
-FOCUS_WEIGHTS = (0.42, 0.42, 0.08, 0.02, 0.02, 0.02, 0.02)
+FOCUS_WEIGHTS = (0.42, 0.42, 0.08, 0.02, 0.02, 0.02, 0.02, 0.0)
 CAPTION_QUESTION = "What appears in the video?"
 CAPTION_MAX = 5
+EXPLAIN_MAX = 3  # items after "Yes." / "No." in an explain answer (an alert's reason)
 # event kind -> (actor kind, question, description forms); {s} = the subject phrase
 EVENTS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "park": ("car", "Did {s} park?", ("{s} parked", "{s} is parked", "{s} parking")),
@@ -336,6 +341,50 @@ def caption_qa(w: Window, rng: np.random.Generator) -> QA:
     return QA("caption", CAPTION_QUESTION, text[0].upper() + text[1:] + ".")
 
 
+def seen_summary(w: Window, first: tuple[str, str] | None = None) -> str:
+    """What the window shows, events before bare actors, at most EXPLAIN_MAX items: "A red car
+    parked and a person in blue crossing." `first` = (event kind, colour) to name first."""
+    items: list[tuple[int, float, str]] = []
+    described: set[int] = set()
+    for kind, (actor, _q, descs) in EVENTS.items():
+        for ev in seen_events(w.truth, w.times, kind):
+            rank = 0 if first == (kind, ev.colour) else 1
+            items.append((rank, ev.t_start, descs[0].format(s=subject(actor, ev.colour))))
+            described.add(ev.actor_id)
+    for tr in seen_any(w):
+        if tr.actor_id not in described:
+            items.append((2, tr.t_in, subject(tr.actor_kind, tr.colour)))
+    texts = list(dict.fromkeys(text for _, _, text in sorted(items)))[:EXPLAIN_MAX]
+    if not texts:
+        return "Nothing is on screen."
+    text = texts[0] if len(texts) == 1 else ", ".join(texts[:-1]) + " and " + texts[-1]
+    return text[0].upper() + text[1:] + "."
+
+
+def explain_qa(w: Window, rng: np.random.Generator) -> QA:
+    """An alert's reason, asked as the engine's explain call asks it (`explain_question`):
+    "Yes." or "No." (the same first token the rule's yes/no score reads), then what the window
+    shows, the asked-about event first when it happened."""
+    kind, colour, yes = _event_pick(w, rng)
+    descs = EVENTS[kind][2]
+    desc = descs[int(rng.integers(len(descs)))].format(s=_event_subject(kind, colour))
+    named = None
+    if yes:
+        evs = seen_events(w.truth, w.times, kind, colour)
+        named = (kind, evs[0].colour)
+    answer = f"{_yes_no(yes)}. {seen_summary(w, named)}"
+    return QA("explain", explain_question(desc), answer)
+
+
+def with_explain(weights: Sequence[float], share: float) -> tuple[float, ...]:
+    """`weights` scaled to 1 - share, with `share` on "explain" (the last kind)."""
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"explain share must be in [0, 1), got {share}")
+    base = [float(x) for x in weights[:-1]]
+    total = sum(base)
+    return (*(x * (1.0 - share) / total for x in base), share)
+
+
 def questions_for(
     w: Window, rng: np.random.Generator, n: int, weights: Sequence[float] = KIND_WEIGHTS
 ) -> list[QA]:
@@ -348,6 +397,7 @@ def questions_for(
         "count": count_qa,
         "when": when_qa,
         "caption": caption_qa,
+        "explain": explain_qa,
     }
     out: list[QA] = []
     while len(out) < n:

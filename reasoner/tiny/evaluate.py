@@ -29,6 +29,7 @@ from reasoner.tiny.data import (
     RENDER_H,
     RENDER_W,
     Window,
+    explain_qa,
     questions_for,
     sample_windows,
 )
@@ -64,8 +65,10 @@ def evaluate(
     threads: int = 2,
     drop: DropConfig | None = None,
     render: tuple[int, int] = (RENDER_W, RENDER_H),
+    explain: bool = True,
 ) -> dict[str, Any]:
-    """Per-kind accuracy on `windows` held-out windows with `questions` questions each."""
+    """Per-kind accuracy on `windows` held-out windows with `questions` questions each, and
+    (`explain`) one alert-reason question per window: is its Yes/No right, is all of it."""
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     encoder, report = load_clip_encoder(model_dir)
@@ -78,6 +81,8 @@ def evaluate(
     when_err: list[float] = []
     when_unparsed = 0
     examples: list[dict[str, str]] = []
+    explain_rng = np.random.default_rng([seed, 98])  # its own stream: the others stay as they were
+    explained: list[tuple[bool, bool]] = []  # (verdict right, whole answer right)
     for w in held_out_windows(windows, seed, report.image_size, render):
         with torch.no_grad():
             tokens = encoder(clips_of(w))  # (n, 64, M)
@@ -92,14 +97,7 @@ def evaluate(
         for qa in qas:
             if qa.kind in YES_NO_KINDS:
                 continue
-            inputs = build_inputs(tok, llm.embed, qa.question, [seg])
-            gen = llm.generate_greedy(
-                inputs.inputs_embeds,
-                inputs.visual_spans,
-                max_new_tokens=40 if qa.kind == "caption" else 8,
-                stop_ids=stop,
-            )
-            answer = str(tok.decode(gen.tokens, skip_special_tokens=True)).strip()
+            answer = _generate(llm, tok, qa.question, seg, stop, 40 if qa.kind == "caption" else 8)
             if len(examples) < 12:
                 examples.append({"q": qa.question, "truth": qa.answer, "model": answer})
             if qa.kind == "when":
@@ -111,6 +109,12 @@ def evaluate(
                 correct["when"].append(err is not None and err <= 2.0)
             else:
                 correct[qa.kind].append(answer == qa.answer)
+        if explain:
+            qa = explain_qa(w, explain_rng)
+            answer = _generate(llm, tok, qa.question, seg, stop, 40)
+            explained.append((answer.split(".")[0] == qa.answer.split(".")[0], answer == qa.answer))
+            if len(examples) < 14:
+                examples.append({"q": qa.question, "truth": qa.answer, "model": answer})
     yes_no = [c for k in YES_NO_KINDS for c in correct[k]]
     out: dict[str, Any] = {
         "model": str(model_dir),
@@ -128,7 +132,20 @@ def evaluate(
             "within_2s": round(float(np.mean([e <= 2 for e in when_err])), 4) if when_err else None,
             "unparsed": when_unparsed,
         },
+        "explain": {
+            "n": len(explained),
+            "verdict": round(float(np.mean([v for v, _ in explained])), 4) if explained else None,
+            "exact": round(float(np.mean([e for _, e in explained])), 4) if explained else None,
+        },
         "seconds": round(time.perf_counter() - t0, 1),
         "examples": examples,
     }
     return out
+
+
+def _generate(llm: Any, tok: Any, question: str, seg: VideoSegment, stop: list[int], n: int) -> str:
+    inputs = build_inputs(tok, llm.embed, question, [seg])
+    gen = llm.generate_greedy(
+        inputs.inputs_embeds, inputs.visual_spans, max_new_tokens=n, stop_ids=stop
+    )
+    return str(tok.decode(gen.tokens, skip_special_tokens=True)).strip()

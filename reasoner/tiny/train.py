@@ -46,6 +46,7 @@ from reasoner.tiny.data import (
     corpus_texts,
     questions_for,
     sample_windows,
+    with_explain,
 )
 from reasoner.tiny.model import (
     Batch,
@@ -92,6 +93,7 @@ class TrainOptions:
     early_weight: float = 0.0  # deep supervision of yes/no question tokens (see model)
     compact: bool = False  # oracle stage: only the actor slots, no filler tokens
     focus: bool = False  # mostly presence / "did X happen" questions (`data.FOCUS_WEIGHTS`)
+    explain_share: float = 0.0  # share of "explain" questions (alert reasons), see data
     config: TinyConfig = field(default_factory=TinyConfig)  # ignored with `init` (its own)
 
 
@@ -228,6 +230,8 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
     """Train, export to `out_dir`, return a summary (steps, seconds, losses)."""
     if opts.stage == "encoder" and opts.distill_weight <= 0:
         raise ValueError("the encoder stage trains on distillation: distill_weight must be > 0")
+    if not 0.0 <= opts.explain_share < 1.0:
+        raise ValueError(f"explain_share must be in [0, 1), got {opts.explain_share}")
     if opts.stage not in ("oracle", "encoder", "video"):
         raise ValueError(f"stage must be 'oracle', 'encoder' or 'video', got {opts.stage!r}")
     t_start = time.perf_counter()
@@ -278,6 +282,8 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
         idx = rng.choice(len(pool), size=opts.batch_windows, replace=False)
         windows = [pool[int(i)] for i in idx]
         weights = FOCUS_WEIGHTS if opts.focus else KIND_WEIGHTS
+        if opts.explain_share > 0:  # 0 keeps the exact mix (and random stream) of before
+            weights = with_explain(weights, opts.explain_share)
         qas = [questions_for(w, rng, opts.questions_per_window, weights) for w in windows]
         batch = make_batch(
             tok, windows, qas, aux=video and opts.aux_weight > 0, pixels_too=video, slots=not video

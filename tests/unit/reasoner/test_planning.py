@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from memory.store import LevelCoverage
-from reasoner.answers import mentioned_times, merge_adjacent, rule_question, top_clips
+from reasoner.answers import (
+    explain_question,
+    mentioned_times,
+    merge_adjacent,
+    rule_question,
+    top_clips,
+)
 from reasoner.planning import (
     NoFootage,
     PlanLimits,
@@ -162,6 +168,10 @@ def test_rule_questions() -> None:
         "Does the video show a person climbing the fence? Answer yes or no."
     )
     assert rule_question("Is there smoke?") == "Is there smoke? Answer yes or no."
+    assert explain_question(" a red car  is parked.") == (
+        "Does the video show a red car is parked? Explain briefly."
+    )
+    assert explain_question("Is there smoke?") == "Is there smoke?"
 
 
 def test_limits_capped_to_a_models_prompt_length() -> None:
