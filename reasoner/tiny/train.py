@@ -281,7 +281,7 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
             group["lr"] = lr_at(progress, step, opts)
         idx = rng.choice(len(pool), size=opts.batch_windows, replace=False)
         windows = [pool[int(i)] for i in idx]
-        weights = FOCUS_WEIGHTS if opts.focus else KIND_WEIGHTS
+        weights: tuple[float, ...] = FOCUS_WEIGHTS if opts.focus else KIND_WEIGHTS
         if opts.explain_share > 0:  # 0 keeps the exact mix (and random stream) of before
             weights = with_explain(weights, opts.explain_share)
         qas = [questions_for(w, rng, opts.questions_per_window, weights) for w in windows]
