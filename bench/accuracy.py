@@ -14,8 +14,9 @@ Three measurements, all through the product's own code paths:
   (pyramid, zoom, sparse), dropping off and on; correct when an answered time falls within
   the event +- 30 s.
 
-Footage is rendered at 1 fps (level 0, 4-frame clips every 4 s) plus pyramid level 1, encoded
-by the model's own UMT + ToMe and stored in the embedded memory store, exactly as ingest and
+Footage is rendered at 1 fps (level 0, 4-frame clips every 4 s) plus pyramid level 1, sent
+through ingest's JPEG (quality 90, as a camera's frames reach the encoder), encoded by the
+model's own UMT + ToMe and stored in the embedded memory store, exactly as ingest and
 the encoder would store them.
 
     .venv/bin/python -m bench.accuracy --model models/tiny [--quick]
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 
 from encoder_trt.checkpoint import load_clip_encoder
-from encoder_trt.preprocess import normalise, resize_frame
+from encoder_trt.preprocess import jpeg_round_trip, normalise, resize_frame
 from flashwatch.config import MemoryConfig, ReasonerConfig
 from flashwatch.messages import CameraWindow, QueryRequest, RuleQuestion, ScoreRequest
 from ingest.synth.scene import Scene, SceneSpec
@@ -87,7 +88,10 @@ def store_stream(
         for chunk in range(0, len(starts), 32):
             batch = starts[chunk : chunk + 32]
             frames = [
-                [resize_frame(stream.scene.render(float(t0 + i * step)), size) for i in range(4)]
+                [
+                    jpeg_round_trip(resize_frame(stream.scene.render(float(t0 + i * step)), size))
+                    for i in range(4)
+                ]
                 for t0 in batch
             ]
             pixels = normalise(np.stack([f for clip in frames for f in clip]))

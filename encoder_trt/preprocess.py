@@ -69,10 +69,21 @@ def preprocess_frames(frames: list[Uint8Array] | Uint8Array, size: int) -> torch
 
 
 def encode_jpeg(rgb: Uint8Array, quality: int = 90) -> bytes:
-    """(S, S, 3) uint8 -> JPEG bytes (what ingest puts on the bus after `resize_frame`)."""
+    """(S, S, 3) uint8 -> JPEG bytes (what ingest puts on the bus after `resize_frame`).
+
+    Full-resolution chroma (4:4:4), not JPEG's usual 4:2:0: the frame is already at the model's
+    input size, where halving the colour resolution blurs the colour of small objects, and
+    colour is what rules ask about ("a red car"). At 64 px it dropped the tiny model's P(yes)
+    for a parked red car from 0.6-0.8 to 0.1-0.2 (BENCHMARKS.md, stop 15); the bytes grow
+    11-14% (64-448 px synthetic frames, quality 90)."""
     buf = io.BytesIO()
-    Image.fromarray(rgb, mode="RGB").save(buf, format="JPEG", quality=quality)
+    Image.fromarray(rgb, mode="RGB").save(buf, format="JPEG", quality=quality, subsampling=0)
     return buf.getvalue()
+
+
+def jpeg_round_trip(rgb: Uint8Array, quality: int = 90) -> Uint8Array:
+    """What the encoder sees of a frame ingest sent: for evaluating on the product's path."""
+    return decode_jpeg(encode_jpeg(rgb, quality))
 
 
 def decode_jpeg(data: bytes, size: int | None = None) -> Uint8Array:

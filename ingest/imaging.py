@@ -19,20 +19,16 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from encoder_trt.preprocess import encode_jpeg
 from encoder_trt.preprocess import resize_frame as resize_square
 
 Uint8Array = npt.NDArray[np.uint8]
 
 
-def jpeg_bytes(rgb: Uint8Array, quality: int) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgb, mode="RGB").save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
 def encoder_jpeg(rgb: Uint8Array, size: int, quality: int = 90) -> bytes:
-    """The bytes of one `Clip.frames` entry: S×S RGB JPEG."""
-    return jpeg_bytes(resize_square(rgb, size), quality)
+    """The bytes of one `Clip.frames` entry: S×S RGB JPEG with full-resolution chroma
+    (`encode_jpeg` says why)."""
+    return encode_jpeg(resize_square(rgb, size), quality)
 
 
 def thumbnail_jpeg(rgb: Uint8Array, width: int, quality: int = 75) -> bytes:

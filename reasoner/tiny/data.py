@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from encoder_trt.preprocess import resize_frame
+from encoder_trt.preprocess import jpeg_round_trip, resize_frame
 from ingest.synth import COLOURS, Event, GroundTruth, Scene, SceneSpec, Track
 from reasoner.answers import explain_question, relevance_question, rule_question
 
@@ -37,7 +37,10 @@ KIND_WEIGHTS = (0.22, 0.22, 0.10, 0.10, 0.10, 0.10, 0.16, 0.0)
 FOCUS_WEIGHTS = (0.42, 0.42, 0.08, 0.02, 0.02, 0.02, 0.02, 0.0)
 CAPTION_QUESTION = "What appears in the video?"
 CAPTION_MAX = 5
-EXPLAIN_MAX = 3  # items after "Yes." / "No." in an explain answer (an alert's reason)
+EXPLAIN_MAX = 1
+"""Items after "Yes." / "No." in an explain answer (an alert's reason). With 3, a 3 M model
+repeated one actor three times ("a person in white crossing, a person in white crossing and
+..."); one item keeps the reason short and grounded: "Yes. A person in white crossing."."""
 # event kind -> (actor kind, question, description forms); {s} = the subject phrase
 EVENTS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "park": ("car", "Did {s} park?", ("{s} parked", "{s} is parked", "{s} parking")),
@@ -151,9 +154,16 @@ def clip_labels(w: Window) -> np.ndarray:
     return out
 
 
-def render_window(scene: Scene, t0: float, step: float, n_frames: int, size: int) -> np.ndarray:
+def render_window(
+    scene: Scene, t0: float, step: float, n_frames: int, size: int, jpeg: int | None = None
+) -> np.ndarray:
+    """(N, S, S, 3) frames; with `jpeg` (a quality), each one as the encoder gets it from
+    ingest (`encoder_jpeg` at that quality, decoded): evaluation uses the product's path."""
     times = [t0 + i * step for i in range(n_frames)]
-    return np.stack([resize_frame(f, size) for f in scene.clip(times)])  # (N, S, S, 3)
+    frames = [resize_frame(f, size) for f in scene.clip(times)]
+    if jpeg is not None:
+        frames = [jpeg_round_trip(f, jpeg) for f in frames]
+    return np.stack(frames)
 
 
 def scene_for(seed: int, render: tuple[int, int] = (RENDER_W, RENDER_H)) -> Scene:
@@ -175,10 +185,12 @@ def sample_windows(
     size: int,
     render: tuple[int, int] = (RENDER_W, RENDER_H),
     clips: tuple[int, int] = (WINDOW_S[0] // 4, WINDOW_S[1] // 4),
+    jpeg: int | None = None,
 ) -> list[Window]:
     """`count` windows of one scene; half of them start near a scripted (needle) event.
 
-    Frames are rendered at `render` (W, H) and squashed to `size` like any camera frame."""
+    Frames are rendered at `render` (W, H) and squashed to `size` like any camera frame (and
+    with `jpeg`, sent through ingest's JPEG at that quality)."""
     scene = scene_for(seed, render)
     rng = np.random.default_rng([seed, 77])
     needles = [e for e in scene.truth.events if e.needle and e.kind != "enter"]
@@ -196,7 +208,7 @@ def sample_windows(
         else:
             t0 = float(rng.uniform(0.0, hi))
         t0 = float(np.floor(t0))
-        frames = render_window(scene, t0, step, 4 * n_clips, size)
+        frames = render_window(scene, t0, step, 4 * n_clips, size, jpeg)
         out.append(Window(seed, t0, step, frames, scene.truth))
     return out
 
@@ -341,8 +353,8 @@ def caption_qa(w: Window, rng: np.random.Generator) -> QA:
     return QA("caption", CAPTION_QUESTION, text[0].upper() + text[1:] + ".")
 
 
-def seen_summary(w: Window, first: tuple[str, str] | None = None) -> str:
-    """What the window shows, events before bare actors, at most EXPLAIN_MAX items: "A red car
+def seen_summary(w: Window, first: tuple[str, str] | None = None, limit: int = EXPLAIN_MAX) -> str:
+    """What the window shows, events before bare actors, at most `limit` items: "A red car
     parked and a person in blue crossing." `first` = (event kind, colour) to name first."""
     items: list[tuple[int, float, str]] = []
     described: set[int] = set()
@@ -354,7 +366,7 @@ def seen_summary(w: Window, first: tuple[str, str] | None = None) -> str:
     for tr in seen_any(w):
         if tr.actor_id not in described:
             items.append((2, tr.t_in, subject(tr.actor_kind, tr.colour)))
-    texts = list(dict.fromkeys(text for _, _, text in sorted(items)))[:EXPLAIN_MAX]
+    texts = list(dict.fromkeys(text for _, _, text in sorted(items)))[:limit]
     if not texts:
         return "Nothing is on screen."
     text = texts[0] if len(texts) == 1 else ", ".join(texts[:-1]) + " and " + texts[-1]

@@ -36,6 +36,9 @@ from reasoner.tiny.data import (
 from reasoner.tiny.train import EVAL_SEED_BASE, clips_of
 
 YES_NO_KINDS = ("presence", "happened", "relevance")
+INGEST_JPEG_QUALITY = 90
+"""Held-out frames go through ingest's JPEG at its default quality (`IngestConfig`), as a
+camera's frames reach the encoder."""
 
 
 def held_out_windows(
@@ -45,7 +48,9 @@ def held_out_windows(
     out: list[Window] = []
     i = 0
     while len(out) < n:
-        out += sample_windows(EVAL_SEED_BASE + seed * 10_000 + i, per_scene, size, render)
+        out += sample_windows(
+            EVAL_SEED_BASE + seed * 10_000 + i, per_scene, size, render, jpeg=INGEST_JPEG_QUALITY
+        )
         i += 1
     return out[:n]
 

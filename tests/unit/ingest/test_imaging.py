@@ -34,9 +34,12 @@ def test_ingest_imaging_does_not_load_torch() -> None:
 
 
 def test_encoder_jpeg_is_s_by_s_rgb() -> None:
+    from PIL import JpegImagePlugin
+
     data = encoder_jpeg(frame(), 448, quality=90)
     with Image.open(io.BytesIO(data)) as im:
         assert im.format == "JPEG" and im.mode == "RGB" and im.size == (448, 448)
+        assert JpegImagePlugin.get_sampling(im) == 0  # 4:4:4: colour of small objects kept
 
 
 def test_thumbnail_keeps_aspect_and_never_upscales() -> None:
