@@ -38,9 +38,9 @@ FOCUS_WEIGHTS = (0.42, 0.42, 0.08, 0.02, 0.02, 0.02, 0.02, 0.0)
 CAPTION_QUESTION = "What appears in the video?"
 CAPTION_MAX = 5
 EXPLAIN_MAX = 1
-"""Items after "Yes." / "No." in an explain answer (an alert's reason). With 3, a 3 M model
+"""Items after "Yes," / "No," in an explain answer (an alert's reason). With 3, a 3 M model
 repeated one actor three times ("a person in white crossing, a person in white crossing and
-..."); one item keeps the reason short and grounded: "Yes. A person in white crossing."."""
+..."); one item keeps the reason short and grounded: "Yes, a person in white crossing."."""
 # event kind -> (actor kind, question, description forms); {s} = the subject phrase
 EVENTS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "park": ("car", "Did {s} park?", ("{s} parked", "{s} is parked", "{s} parking")),
@@ -375,8 +375,10 @@ def seen_summary(w: Window, first: tuple[str, str] | None = None, limit: int = E
 
 def explain_qa(w: Window, rng: np.random.Generator) -> QA:
     """An alert's reason, asked as the engine's explain call asks it (`explain_question`):
-    "Yes." or "No." (the same first token the rule's yes/no score reads), then what the window
-    shows, the asked-about event first when it happened."""
+    "Yes, ..." or "No, ..." (the same first token the rule's yes/no score reads), then what
+    the window shows, the asked-about event first when it happened. One sentence: with
+    "Yes. A red car parked." the model learnt to go on after a full stop, and "When ...?"
+    answers grew a tail ("At 1 seconds. A person in red, ...")."""
     kind, colour, yes = _event_pick(w, rng)
     descs = EVENTS[kind][2]
     desc = descs[int(rng.integers(len(descs)))].format(s=_event_subject(kind, colour))
@@ -384,7 +386,8 @@ def explain_qa(w: Window, rng: np.random.Generator) -> QA:
     if yes:
         evs = seen_events(w.truth, w.times, kind, colour)
         named = (kind, evs[0].colour)
-    answer = f"{_yes_no(yes)}. {seen_summary(w, named)}"
+    summary = seen_summary(w, named)
+    answer = f"{_yes_no(yes)}, {summary[0].lower()}{summary[1:]}"
     return QA("explain", explain_question(desc), answer)
 
 

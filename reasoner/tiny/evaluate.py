@@ -117,7 +117,7 @@ def evaluate(
         if explain:
             qa = explain_qa(w, explain_rng)
             answer = _generate(llm, tok, qa.question, seg, stop, 40)
-            explained.append((answer.split(".")[0] == qa.answer.split(".")[0], answer == qa.answer))
+            explained.append((_verdict(answer) == _verdict(qa.answer), answer == qa.answer))
             if len(examples) < 14:
                 examples.append({"q": qa.question, "truth": qa.answer, "model": answer})
     yes_no = [c for k in YES_NO_KINDS for c in correct[k]]
@@ -154,3 +154,8 @@ def _generate(llm: Any, tok: Any, question: str, seg: VideoSegment, stop: list[i
         inputs.inputs_embeds, inputs.visual_spans, max_new_tokens=n, stop_ids=stop
     )
     return str(tok.decode(gen.tokens, skip_special_tokens=True)).strip()
+
+
+def _verdict(answer: str) -> str:
+    """The first word of an answer: the verdict of "Yes, a red car parked."."""
+    return answer.replace(",", " ").replace(".", " ").split(" ", 1)[0]

@@ -182,14 +182,14 @@ def test_explain_answers_say_yes_or_no_then_what_the_window_shows() -> None:
     rng = np.random.default_rng(1)
     qas = [explain_qa(w, rng) for _ in range(400)]
     parked = [q for q in qas if q.question == explain_question("a red car parked")]
-    assert parked and {q.answer for q in parked} == {"Yes. A red car parked."}
+    assert parked and {q.answer for q in parked} == {"Yes, a red car parked."}
     stopped = [q for q in qas if q.question.startswith("Does the video show a red car stop")]
-    assert stopped and {q.answer for q in stopped} == {"No. A red car parked."}
+    assert stopped and {q.answer for q in stopped} == {"No, a red car parked."}
     assert seen_summary(w, ("drop", "yellow"), limit=3) == (
         "A person dropping a yellow bag, a red car parked and a person in blue crossing."
     )
     dropped = [q for q in qas if q.question == explain_question("a person dropping a yellow bag")]
-    assert dropped and {q.answer for q in dropped} == {"Yes. A person dropping a yellow bag."}
+    assert dropped and {q.answer for q in dropped} == {"Yes, a person dropping a yellow bag."}
     kinds = {qa.kind for qa in questions_for(w, np.random.default_rng(2), 400, FOCUS_WEIGHTS)}
     assert "explain" not in kinds
     mix = with_explain(KIND_WEIGHTS, 0.25)
