@@ -1,4 +1,5 @@
-"""`flashwatch tiny`: camera sizes are checked at the edge, before any training or loading."""
+"""`flashwatch tiny`: camera sizes and the explain share are checked at the edge, before any
+training or loading."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ runner = CliRunner()
         (["train", "--renders", "160x120,99x7"], "99x7"),
         (["train", "--renders", "big"], "WIDTHxHEIGHT"),
         (["eval", "--render", "160by120"], "WIDTHxHEIGHT"),
+        (["train", "--explain-share", "1.5"], "explain-share"),
     ],
 )
 def test_bad_camera_size_exits_2_naming_it(args: list[str], message: str, tmp_path: Path) -> None:
