@@ -15,7 +15,7 @@ Three measurements, all through the product's own code paths:
   the event +- 30 s.
 
 Footage is rendered at 1 fps (level 0, 4-frame clips every 4 s) plus pyramid level 1, sent
-through ingest's JPEG (quality 90, as a camera's frames reach the encoder), encoded by the
+through ingest's JPEG (its default quality, as a camera's frames reach the encoder), encoded by the
 model's own UMT + ToMe and stored in the embedded memory store, exactly as ingest and
 the encoder would store them.
 
@@ -45,6 +45,7 @@ from memory import open_store
 from memory.codec import encode_tokens
 from memory.store import MemoryStore
 from reasoner.engine import LocalReasoner
+from reasoner.tiny.evaluate import INGEST_JPEG_QUALITY, evaluate
 
 EPOCH0 = 1_780_000_000.0  # wall-clock time of every synthetic stream's first frame
 RULE = "a red car is parked"
@@ -89,7 +90,10 @@ def store_stream(
             batch = starts[chunk : chunk + 32]
             frames = [
                 [
-                    jpeg_round_trip(resize_frame(stream.scene.render(float(t0 + i * step)), size))
+                    jpeg_round_trip(
+                        resize_frame(stream.scene.render(float(t0 + i * step)), size),
+                        INGEST_JPEG_QUALITY,
+                    )
                     for i in range(4)
                 ]
                 for t0 in batch
@@ -240,7 +244,6 @@ def main() -> None:
         args.hours, args.needles, args.qa_windows, args.alert_seconds = "0.1", 1, 8, 600.0
     torch.set_num_threads(args.threads)
     from ingest.synth.cli import frame_size
-    from reasoner.tiny.evaluate import evaluate
 
     render = frame_size(args.render)
 

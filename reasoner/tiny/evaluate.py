@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from encoder_trt.checkpoint import load_clip_encoder
+from flashwatch.config import IngestConfig
 from reasoner.answers import mentioned_times
 from reasoner.loading import load_reasoner
 from reasoner.modeling_qwen2_flash import DropConfig
@@ -36,9 +37,9 @@ from reasoner.tiny.data import (
 from reasoner.tiny.train import EVAL_SEED_BASE, clips_of
 
 YES_NO_KINDS = ("presence", "happened", "relevance")
-INGEST_JPEG_QUALITY = 90
-"""Held-out frames go through ingest's JPEG at its default quality (`IngestConfig`), as a
-camera's frames reach the encoder."""
+INGEST_JPEG_QUALITY: int = IngestConfig.model_fields["jpeg_quality"].default
+"""Held-out frames go through ingest's JPEG at its default quality, as a camera's frames
+reach the encoder."""
 
 
 def held_out_windows(
