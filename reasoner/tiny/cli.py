@@ -67,6 +67,15 @@ def train_cmd(
             min=0.0, max=0.9, help="Share of 'Explain briefly' questions (alert reasons)."
         ),
     ] = 0.0,
+    event_yes: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Share of event questions asked about an event the window shows "
+            "(rare events such as loitering get positives; 0 = the natural mix).",
+        ),
+    ] = 0.0,
     renders: Annotated[
         str, typer.Option(help="Camera sizes WxH, comma-separated; scenes cycle through them.")
     ] = "160x120,320x240",
@@ -82,6 +91,7 @@ def train_cmd(
         lr=lr, warmup=warmup, clips=(min_clips, max_clips), questions_per_window=questions,
         stage=stage, compact=compact, freeze_llm_steps=freeze_llm_steps,
         distill_weight=distill_weight, focus=focus, explain_share=explain_share,
+        event_yes=event_yes,
         renders=tuple(frame_size(r.strip()) for r in renders.split(",") if r.strip()),
         config=TinyConfig(hidden_size=hidden, num_layers=layers, num_heads=heads,
                           num_kv_heads=kv_heads, intermediate_size=2 * hidden),  # ignored with init

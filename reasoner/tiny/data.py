@@ -14,8 +14,9 @@ frame falls inside the event's interval. Everything is deterministic in (seed, i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -257,7 +258,19 @@ car driving past for "Did a red car park?"): without them the model learns prese
 a rule about parking fires on every passing car of that colour."""
 
 
-def _event_pick(w: Window, rng: np.random.Generator) -> tuple[str, str | None, bool]:
+def _event_pick(
+    w: Window, rng: np.random.Generator, yes_share: float = 0.0
+) -> tuple[str, str | None, bool]:
+    """(event kind, colour or None, answer) of one event question. With `yes_share` > 0 that
+    share of the windows showing an event get a question about one of them (its kind drawn
+    uniformly among the kinds shown); 0 draws no extra random numbers (the mix of before)."""
+    if yes_share > 0.0:
+        shown = {k: seen_events(w.truth, w.times, k) for k in EVENTS}
+        kinds = [k for k, evs in shown.items() if evs]
+        if kinds and rng.random() < yes_share:
+            kind = kinds[int(rng.integers(len(kinds)))]
+            ev = shown[kind][int(rng.integers(len(shown[kind])))]
+            return kind, None if rng.random() < 0.15 else ev.colour, True
     kind = list(EVENTS)[int(rng.integers(len(EVENTS)))]
     present = [e.colour for e in seen_events(w.truth, w.times, kind)]
     actor = EVENTS[kind][0]
@@ -270,8 +283,8 @@ def _event_pick(w: Window, rng: np.random.Generator) -> tuple[str, str | None, b
     return kind, colour, bool(seen_events(w.truth, w.times, kind, colour))
 
 
-def happened_qa(w: Window, rng: np.random.Generator) -> QA:
-    kind, colour, yes = _event_pick(w, rng)
+def happened_qa(w: Window, rng: np.random.Generator, yes_share: float = 0.0) -> QA:
+    kind, colour, yes = _event_pick(w, rng, yes_share)
     s = _event_subject(kind, colour)
     question, descs = EVENTS[kind][1], EVENTS[kind][2]
     if rng.random() < 0.5:
@@ -281,8 +294,8 @@ def happened_qa(w: Window, rng: np.random.Generator) -> QA:
     return QA("happened", text, _yes_no(yes))
 
 
-def relevance_qa(w: Window, rng: np.random.Generator) -> QA:
-    kind, colour, yes = _event_pick(w, rng)
+def relevance_qa(w: Window, rng: np.random.Generator, yes_share: float = 0.0) -> QA:
+    kind, colour, yes = _event_pick(w, rng, yes_share)
     s = _event_subject(kind, colour)
     if kind in WHEN_VERBS and rng.random() < 0.5:
         user = f"When did {s} {WHEN_VERBS[kind]}?"
@@ -373,13 +386,13 @@ def seen_summary(w: Window, first: tuple[str, str] | None = None, limit: int = E
     return text[0].upper() + text[1:] + "."
 
 
-def explain_qa(w: Window, rng: np.random.Generator) -> QA:
+def explain_qa(w: Window, rng: np.random.Generator, yes_share: float = 0.0) -> QA:
     """An alert's reason, asked as the engine's explain call asks it (`explain_question`):
     "Yes, ..." or "No, ..." (the same first token the rule's yes/no score reads), then what
     the window shows, the asked-about event first when it happened. One sentence: with
     "Yes. A red car parked." the model learnt to go on after a full stop, and "When ...?"
     answers grew a tail ("At 1 seconds. A person in red, ...")."""
-    kind, colour, yes = _event_pick(w, rng)
+    kind, colour, yes = _event_pick(w, rng, yes_share)
     descs = EVENTS[kind][2]
     desc = descs[int(rng.integers(len(descs)))].format(s=_event_subject(kind, colour))
     named = None
@@ -401,18 +414,23 @@ def with_explain(weights: Sequence[float], share: float) -> tuple[float, ...]:
 
 
 def questions_for(
-    w: Window, rng: np.random.Generator, n: int, weights: Sequence[float] = KIND_WEIGHTS
+    w: Window,
+    rng: np.random.Generator,
+    n: int,
+    weights: Sequence[float] = KIND_WEIGHTS,
+    event_yes: float = 0.0,
 ) -> list[QA]:
-    """n questions of mixed kinds about one window (kinds without a valid question re-drawn)."""
-    makers = {
+    """n questions of mixed kinds about one window (kinds without a valid question re-drawn);
+    `event_yes`: see `_event_pick` (training only; evaluation asks the natural mix)."""
+    makers: dict[str, Callable[[Window, np.random.Generator], QA | None]] = {
         "presence": presence_qa,
-        "happened": happened_qa,
-        "relevance": relevance_qa,
+        "happened": partial(happened_qa, yes_share=event_yes),
+        "relevance": partial(relevance_qa, yes_share=event_yes),
         "colour": colour_qa,
         "count": count_qa,
         "when": when_qa,
         "caption": caption_qa,
-        "explain": explain_qa,
+        "explain": partial(explain_qa, yes_share=event_yes),
     }
     out: list[QA] = []
     while len(out) < n:

@@ -94,6 +94,7 @@ class TrainOptions:
     compact: bool = False  # oracle stage: only the actor slots, no filler tokens
     focus: bool = False  # mostly presence / "did X happen" questions (`data.FOCUS_WEIGHTS`)
     explain_share: float = 0.0  # share of "explain" questions (alert reasons), see data
+    event_yes: float = 0.0  # event questions about an event the window shows (`data._event_pick`)
     config: TinyConfig = field(default_factory=TinyConfig)  # ignored with `init` (its own)
 
 
@@ -232,6 +233,8 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
         raise ValueError("the encoder stage trains on distillation: distill_weight must be > 0")
     if not 0.0 <= opts.explain_share < 1.0:
         raise ValueError(f"explain_share must be in [0, 1), got {opts.explain_share}")
+    if not 0.0 <= opts.event_yes <= 1.0:
+        raise ValueError(f"event_yes must be in [0, 1], got {opts.event_yes}")
     if opts.stage not in ("oracle", "encoder", "video"):
         raise ValueError(f"stage must be 'oracle', 'encoder' or 'video', got {opts.stage!r}")
     t_start = time.perf_counter()
@@ -284,7 +287,10 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
         weights: tuple[float, ...] = FOCUS_WEIGHTS if opts.focus else KIND_WEIGHTS
         if opts.explain_share > 0:  # 0 keeps the exact mix (and random stream) of before
             weights = with_explain(weights, opts.explain_share)
-        qas = [questions_for(w, rng, opts.questions_per_window, weights) for w in windows]
+        qas = [
+            questions_for(w, rng, opts.questions_per_window, weights, opts.event_yes)
+            for w in windows
+        ]
         batch = make_batch(
             tok, windows, qas, aux=video and opts.aux_weight > 0, pixels_too=video, slots=not video
             or distill, early=opts.early_weight > 0,

@@ -20,6 +20,7 @@ runner = CliRunner()
         (["train", "--renders", "big"], "WIDTHxHEIGHT"),
         (["eval", "--render", "160by120"], "WIDTHxHEIGHT"),
         (["train", "--explain-share", "1.5"], "explain-share"),
+        (["train", "--event-yes", "-0.1"], "event-yes"),
     ],
 )
 def test_bad_camera_size_exits_2_naming_it(args: list[str], message: str, tmp_path: Path) -> None:

@@ -197,3 +197,26 @@ def test_explain_answers_say_yes_or_no_then_what_the_window_shows() -> None:
     assert QUESTION_KINDS[-1] == "explain"
     share = [qa.kind for qa in questions_for(w, np.random.default_rng(3), 800, mix)]
     assert 0.18 < share.count("explain") / len(share) < 0.32
+
+
+def test_event_yes_asks_about_events_the_window_shows_and_zero_keeps_the_old_mix() -> None:
+    """Rare events (a loiterer, a car stopping) were asked about mostly when absent: the model
+    learnt to answer No to every loitering question. `event_yes` spends a share of the event
+    questions on an event the window shows (answer Yes); 0 leaves the random stream as it was."""
+    from reasoner.tiny.data import FOCUS_WEIGHTS, _event_pick
+
+    w = scripted_window()  # a red car parks; a person in blue crosses and drops a yellow bag
+    shown = {("park", "red"), ("drop", "yellow"), ("cross", "blue")}
+    rng = np.random.default_rng(4)
+    picks = [_event_pick(w, rng, yes_share=1.0) for _ in range(300)]
+    assert all(yes for _, _, yes in picks)
+    assert {(k, c) for k, c, _ in picks if c is not None} == shown  # every shown event, no other
+    assert 0.08 < sum(c is None for _, c, _ in picks) / len(picks) < 0.25  # "Did a car park?"
+    natural = [_event_pick(w, np.random.default_rng(i))[2] for i in range(300)]
+    boosted = [_event_pick(w, np.random.default_rng(i), 0.3)[2] for i in range(300)]
+    assert sum(boosted) > sum(natural) + 30  # 31% -> 47% here (0.3 + 0.7 * 31% expected)
+    a = questions_for(w, np.random.default_rng(7), 50, FOCUS_WEIGHTS)
+    b = questions_for(w, np.random.default_rng(7), 50, FOCUS_WEIGHTS, event_yes=0.0)
+    assert a == b
+    empty = Window(w.seed, 0.0, 1.0, w.frames[:4], w.truth)  # nothing on screen yet
+    assert not any(_event_pick(empty, np.random.default_rng(i), 1.0)[2] for i in range(50))
