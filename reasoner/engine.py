@@ -61,6 +61,7 @@ from reasoner.planning import (
     PlanLimits,
     WindowPlan,
     even_indices,
+    first_relevant,
     fixed_windows,
     onset_windows,
     plan_window,
@@ -351,8 +352,9 @@ class LocalReasoner:
         """Score fixed windows for relevance (batched, one prompt text), keep the top ones,
         then zoom in: each kept window of a level above 0 is scanned again on the next finer
         level inside its span, down to level 0, so the answer reads the finest footage (a
-        coarse scan locates the event; its 16 s or 64 s frames cannot time it). Returns the
-        answer parts and the windows/frames scanned.
+        coarse scan locates the event; its 16 s or 64 s frames cannot time it). At level 0 the
+        leading clips of each kept window that are not relevant alone are left out
+        (`planning.first_relevant`). Returns the answer parts and the windows/frames scanned.
         """
         assert plan.zoom is not None
         text = relevance_question(question)
@@ -383,8 +385,20 @@ class LocalReasoner:
             if not finer:  # the finer level has expired here: answer at this one
                 break
             segments, level = finer, level - 1
+        ranges = merge_chosen(chosen)
+        if level == 0:  # time the event inside each kept window: score its clips one by one
+            trimmed = []
+            for n, a, b in ranges:
+                if b - a > 1:
+                    singles = [(i, i + 1) for i in range(a, b)]
+                    clip_scores = yield from self._scan(text, segments[n], singles, lap)
+                    scanned += len(singles)
+                    frames += 4 * len(singles)
+                    a += first_relevant(clip_scores)
+                trimmed.append((n, a, b))
+            ranges = trimmed
         parts = []
-        for n, a, b in merge_chosen(chosen):
+        for n, a, b in ranges:
             seg = segments[n]
             t0 = seg[a].t[0] - w.t_from
             t1 = t0 + clip_duration(seg[a:b])

@@ -23,6 +23,8 @@ level would sample coarser than `max_pyramid_stride_s` and a finer level covers 
 the scan is capped at `zoom_max_windows` prefills by widening windows. A scan above level 0
 only locates the event: the engine scans each kept window again one level finer inside its
 span, down to level 0, and answers from there (the plan's cost counts the first scan only).
+At level 0 each kept window's clips are scored one by one and the leading clips that are not
+relevant alone are left out (`first_relevant`), so the answer's times start near the event.
 A checkpoint trained on short prompts caps the budget and the zoom window (`capped`).
 
 **sparse**: evenly spaced level-0 clips over the range, up to the budget (cheap, non-uniform
@@ -337,3 +339,15 @@ def onset_windows(
             j -= 1
         out.add(j)
     return sorted(out)
+
+
+def first_relevant(scores: Sequence[float], floor: float = ONSET_FLOOR) -> int:
+    """Index of the first clip whose own relevance reaches `floor`; 0 when none does.
+
+    Why: a kept zoom window (32 s for the tiny model) starts wherever the fixed grid put it,
+    and "when did the red car park?" was answered from its start, 10 s before the car stood
+    still. Scored one clip at a time, the clips before the event score low; the answer reads
+    the window from its first relevant clip on. With no clip relevant alone (the event needs
+    the window's context) the window is kept whole.
+    """
+    return next((i for i, sc in enumerate(scores) if sc >= floor), 0)

@@ -175,13 +175,17 @@ def test_zoom_answers_over_the_window_with_the_event(
         return real(parts)
 
     monkeypatch.setattr(r, "_segments", spy)
-    ans = r.query(ask("When does it happen?", (2, T0, T0 + 1200)))
+    # From T0 + 8 the fixed 4-clip windows put the event third in its window.
+    ans = r.query(ask("When does it happen?", (2, T0 + 8, T0 + 1200)))
     assert ans.strategy == "zoom" and ans.level == 0
-    assert ans.scan_windows == 76 and sum(scanned) == 76  # 301 level-0 clips, windows of 4
-    assert ans.frames == 64  # top 4 windows of 4 clips
-    starts = [c.t[0] for p in seen[0] for c in p.clips]
-    assert EVENT_T in starts
-    assert ans.scan_frames == 4 * 4 * 76
+    # 299 level-0 clips in 75 windows of 4; the top 4 windows' 16 clips then one by one
+    assert ans.scan_windows == 75 + 16 and sum(scanned) == 75 + 16
+    assert ans.scan_frames == 4 * 4 * 75 + 4 * 16
+    # the event's window starts at the event (the two clips before it, quiet alone, are left
+    # out); the other kept windows have no clip relevant alone and stay whole
+    (event_part,) = [p for p in seen[0] if EVENT_T in [c.t[0] for c in p.clips]]
+    assert event_part.clips[0].t[0] == EVENT_T
+    assert ans.frames == 64 - 4 * 2 == 4 * sum(len(p.clips) for p in seen[0])
 
 
 def test_missing_footage(reasoner: LocalReasoner) -> None:
@@ -307,6 +311,9 @@ def test_zoom_refines_a_coarse_scan_down_to_level_zero(
     assert {c.level for c in clips} == {0}  # ... answered on level 0
     assert EVENT_T in [c.t[0] for c in clips]
     # 80 level-1 clips in 20 windows of 4, top 4 kept; each kept window's 64 s hold 16
-    # level-0 clips, scanned as 4 windows each.
-    assert ans.scan_windows == 20 + 16 and ans.frames == 64
+    # level-0 clips, scanned as 4 windows each; the 4 kept level-0 windows' 16 clips then
+    # one by one, and the event's window starts at the event.
+    assert ans.scan_windows == 20 + 16 + 16
+    (event_part,) = [p for p in seen[0] if EVENT_T in [c.t[0] for c in p.clips]]
+    assert event_part.clips[0].t[0] == EVENT_T and ans.frames <= 64
     s.close()

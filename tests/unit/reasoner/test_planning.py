@@ -16,6 +16,7 @@ from reasoner.planning import (
     NoFootage,
     PlanLimits,
     even_indices,
+    first_relevant,
     fixed_windows,
     frames_in,
     onset_windows,
@@ -195,3 +196,11 @@ def test_limits_capped_to_a_models_prompt_length() -> None:
     assert fine.max_pyramid_stride_s == 2.0 and PlanLimits().capped(32, 64.0) == short
     p = plan_window(1, demo, NOW - 143, NOW, fine)
     assert p.strategy == "zoom" and p.zoom is not None and p.zoom.level == 0
+
+
+def test_first_relevant_clip_starts_the_answer_window() -> None:
+    assert first_relevant([0.1, 0.2, 0.7, 0.9, 0.3]) == 2  # clips before the event left out
+    assert first_relevant([0.6, 0.1, 0.9]) == 0  # relevant from the start: nothing cut
+    assert first_relevant([0.1, 0.4, 0.45]) == 0  # no clip relevant alone: keep it whole
+    assert first_relevant([0.1, 0.5]) == 1  # the floor itself counts
+    assert first_relevant([0.2, 0.3, 0.35], floor=0.3) == 1
