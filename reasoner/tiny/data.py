@@ -258,6 +258,10 @@ car driving past for "Did a red car park?"): without them the model learns prese
 a rule about parking fires on every passing car of that colour."""
 
 
+ANY_COLOUR = 0.15
+"""Share of event questions that name no colour ("Did a car park?")."""
+
+
 def _event_pick(
     w: Window, rng: np.random.Generator, yes_share: float = 0.0
 ) -> tuple[str, str | None, bool]:
@@ -270,7 +274,7 @@ def _event_pick(
         if kinds and rng.random() < yes_share:
             kind = kinds[int(rng.integers(len(kinds)))]
             ev = shown[kind][int(rng.integers(len(shown[kind])))]
-            return kind, None if rng.random() < 0.15 else ev.colour, True
+            return kind, None if rng.random() < ANY_COLOUR else ev.colour, True
     kind = list(EVENTS)[int(rng.integers(len(EVENTS)))]
     present = [e.colour for e in seen_events(w.truth, w.times, kind)]
     actor = EVENTS[kind][0]
@@ -278,7 +282,7 @@ def _event_pick(
     if decoys and rng.random() < HARD_NEGATIVE:
         return kind, decoys[int(rng.integers(len(decoys)))], False
     colour: str | None = _pick_colour(rng, present, bool(rng.random() < 0.5))
-    if rng.random() < 0.15:
+    if rng.random() < ANY_COLOUR:
         colour = None
     return kind, colour, bool(seen_events(w.truth, w.times, kind, colour))
 
