@@ -114,6 +114,13 @@ def eval_cmd(
     drop: Annotated[
         bool, typer.Option(help="Token dropping as config.json's llm_compress_* fields say.")
     ] = False,
+    oracle: Annotated[
+        bool,
+        typer.Option(
+            help="Ground-truth visual tokens instead of pixels: the LLM's accuracy with a "
+            "perfect encoder."
+        ),
+    ] = False,
 ) -> None:
     """Accuracy per question kind on held-out scene seeds, through the normal loaders."""
     from ingest.synth.cli import frame_size
@@ -126,7 +133,13 @@ def eval_cmd(
         cfg = json.loads((model / "config.json").read_text())
         drop_cfg = drop_config_from_dict({**cfg, "mm_llm_compress": True})
     report = evaluate(
-        model, windows=windows, seed=seed, threads=threads, render=(w, h), drop=drop_cfg
+        model,
+        windows=windows,
+        seed=seed,
+        threads=threads,
+        render=(w, h),
+        drop=drop_cfg,
+        oracle=oracle,
     )
     text = json.dumps(report, indent=2)
     if out is not None:

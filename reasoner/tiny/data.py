@@ -59,6 +59,8 @@ class QA:
     kind: str  # one of QUESTION_KINDS
     question: str
     answer: str
+    topic: str = ""  # yes/no questions: the event kind asked about, else the actor kind ("any")
+    colour: str | None = None  # the colour the question names, if any
 
 
 @dataclass
@@ -236,7 +238,7 @@ def presence_qa(w: Window, rng: np.random.Generator) -> QA:
         hue = _pick_colour(rng, [tr.colour for tr in seen_any(w)], bool(rng.random() < 0.5))
         yes = any(tr.colour == hue for tr in seen_any(w))
         return QA("presence", f"Is there anything {hue} in the video? Answer yes or no.",
-                  _yes_no(yes))  # fmt: skip
+                  _yes_no(yes), "any", hue)  # fmt: skip
     actor = ("person", "car", "bag")[int(rng.integers(3))]
     present = [tr.colour for tr in seen_tracks(w.truth, w.times, actor)]
     colour: str | None = _pick_colour(rng, present, bool(rng.random() < 0.5))
@@ -245,7 +247,7 @@ def presence_qa(w: Window, rng: np.random.Generator) -> QA:
     yes = bool(seen_tracks(w.truth, w.times, actor, colour))
     s = subject(actor, colour)
     forms = (f"Is there {s} in the video? Answer yes or no.", rule_question(s))
-    return QA("presence", forms[int(rng.integers(2))], _yes_no(yes))
+    return QA("presence", forms[int(rng.integers(2))], _yes_no(yes), actor, colour)
 
 
 def _event_subject(kind: str, colour: str | None) -> str:
@@ -295,7 +297,7 @@ def happened_qa(w: Window, rng: np.random.Generator, yes_share: float = 0.0) -> 
         text = question.format(s=s) + " Answer yes or no."
     else:
         text = rule_question(descs[int(rng.integers(len(descs)))].format(s=s))
-    return QA("happened", text, _yes_no(yes))
+    return QA("happened", text, _yes_no(yes), kind, colour)
 
 
 def relevance_qa(w: Window, rng: np.random.Generator, yes_share: float = 0.0) -> QA:
@@ -305,7 +307,7 @@ def relevance_qa(w: Window, rng: np.random.Generator, yes_share: float = 0.0) ->
         user = f"When did {s} {WHEN_VERBS[kind]}?"
     else:
         user = EVENTS[kind][1].format(s=s)
-    return QA("relevance", relevance_question(user), _yes_no(yes))
+    return QA("relevance", relevance_question(user), _yes_no(yes), kind, colour)
 
 
 def colour_qa(w: Window, rng: np.random.Generator) -> QA | None:

@@ -6,6 +6,13 @@ are scored the way alert rules are (`build_rule_inputs` + `score_yes_no`, P(yes)
 other kinds are answered by greedy decoding and compared with the ground-truth answer. "When"
 answers are parsed with `reasoner.answers.mentioned_times` and scored by absolute error.
 Scene seeds start at `EVAL_SEED_BASE`, disjoint from every training seed.
+
+`oracle=True` replaces the pixels with the ground-truth tokens the LLM was first taught on
+(`reasoner.tiny.oracle`): the accuracy the LLM would reach with a perfect encoder, which says
+whether a yes/no error is the LLM's or the encoder's. `yes_no_groups` splits yes/no accuracy
+by question kind, topic (event or actor kind) and answer, and marks "decoy" No answers (an
+actor of the named colour and kind is on screen but does not do the event), where a model
+that checks colour and kind but not the action goes wrong.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from reasoner.modeling_qwen2_flash import DropConfig
 from reasoner.projector import project_clips
 from reasoner.prompt import VideoSegment, build_inputs, build_rule_inputs, yes_no_ids
 from reasoner.tiny.data import (
+    EVENTS,
     QA,
     RENDER_H,
     RENDER_W,
@@ -33,7 +41,9 @@ from reasoner.tiny.data import (
     explain_qa,
     questions_for,
     sample_windows,
+    seen_tracks,
 )
+from reasoner.tiny.oracle import clip_slots, oracle_block
 from reasoner.tiny.train import EVAL_SEED_BASE, clips_of
 
 YES_NO_KINDS = ("presence", "happened", "relevance")
@@ -56,6 +66,15 @@ def held_out_windows(
     return out[:n]
 
 
+def yes_no_group(qa: QA, w: Window) -> str:
+    """Kind, topic and answer of a yes/no question, e.g. `happened/loiter/no-decoy`."""
+    group = f"{qa.kind}/{qa.topic}/{qa.answer.lower()}"
+    event_no = qa.answer == "No" and qa.topic in EVENTS and qa.colour is not None
+    if event_no and seen_tracks(w.truth, w.times, EVENTS[qa.topic][0], qa.colour):
+        group += "-decoy"
+    return group
+
+
 def _when_error(answer: str, qa: QA, duration: float) -> float | None:
     truth = mentioned_times(qa.answer, duration)[0].offset_s
     found = mentioned_times(answer, duration)
@@ -72,9 +91,11 @@ def evaluate(
     drop: DropConfig | None = None,
     render: tuple[int, int] = (RENDER_W, RENDER_H),
     explain: bool = True,
+    oracle: bool = False,
 ) -> dict[str, Any]:
     """Per-kind accuracy on `windows` held-out windows with `questions` questions each, and
-    (`explain`) one alert-reason question per window: is its Yes/No right, is all of it."""
+    (`explain`) one alert-reason question per window: is its Yes/No right, is all of it.
+    `oracle`: ground-truth visual tokens instead of pixels (see the module docstring)."""
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     encoder, report = load_clip_encoder(model_dir)
@@ -82,6 +103,8 @@ def evaluate(
     llm, projector, tok = loaded.llm, loaded.projector, loaded.tokenizer
     yes_id, no_id = yes_no_ids(tok)
     stop = [int(tok.convert_tokens_to_ids("<|im_end|>"))]
+    filler_id = int(tok.convert_tokens_to_ids("<|endoftext|>"))
+    groups: dict[str, list[bool]] = defaultdict(list)
     rng = np.random.default_rng([seed, 99])
     correct: dict[str, list[bool]] = defaultdict(list)
     when_err: list[float] = []
@@ -91,15 +114,20 @@ def evaluate(
     explained: list[tuple[bool, bool]] = []  # (verdict right, whole answer right)
     for w in held_out_windows(windows, seed, report.image_size, render):
         with torch.no_grad():
-            tokens = encoder(clips_of(w))  # (n, 64, M)
-            seg = VideoSegment(project_clips(projector, tokens), w.duration, len(w.frames))
+            if oracle:
+                visual, _ = oracle_block(llm.model.embed_tokens, clip_slots(w, tok), filler_id)
+            else:
+                visual = project_clips(projector, encoder(clips_of(w)))  # (n*64, D)
+            seg = VideoSegment(visual, w.duration, len(w.frames))
         qas = questions_for(w, rng, questions)
         yn = [qa for qa in qas if qa.kind in YES_NO_KINDS]
         if yn:
             ri = build_rule_inputs(tok, llm.embed, [qa.question for qa in yn], [seg])
             probs = llm.score_yes_no(ri.prefix_embeds, ri.visual_spans, ri.suffixes, yes_id, no_id)
             for qa, p in zip(yn, probs, strict=True):
-                correct[qa.kind].append((p > 0.5) == (qa.answer == "Yes"))
+                right = (p > 0.5) == (qa.answer == "Yes")
+                correct[qa.kind].append(right)
+                groups[yes_no_group(qa, w)].append(right)
         for qa in qas:
             if qa.kind in YES_NO_KINDS:
                 continue
@@ -129,9 +157,14 @@ def evaluate(
         "scene_seed_base": EVAL_SEED_BASE + seed * 10_000,
         "render": f"{render[0]}x{render[1]}",
         "drop": drop.mode if drop else "none",
+        "visual": "oracle" if oracle else "pixels",
         "accuracy": {k: round(float(np.mean(v)), 4) for k, v in sorted(correct.items())},
         "n": {k: len(v) for k, v in sorted(correct.items())},
         "yes_no_accuracy": round(float(np.mean(yes_no)), 4) if yes_no else None,
+        "yes_no_groups": {
+            g: {"n": len(v), "accuracy": round(float(np.mean(v)), 4)}
+            for g, v in sorted(groups.items())
+        },
         "when_abs_error_s": {
             "mean": round(float(np.mean(when_err)), 2) if when_err else None,
             "median": round(float(np.median(when_err)), 2) if when_err else None,

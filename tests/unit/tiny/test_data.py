@@ -108,6 +108,41 @@ def test_window_before_events_says_no() -> None:
         assert a == "No", q
 
 
+def test_yes_no_questions_carry_their_topic_and_colour() -> None:
+    """Evaluation groups errors by what a question asks about; those fields must say what
+    the question's wording says."""
+    w = scripted_window()
+    rng = np.random.default_rng(1)
+    for maker in (happened_qa, presence_qa):
+        for _ in range(300):
+            qa = maker(w, rng)
+            assert qa.topic, qa
+            named = [c for c in ("red", "blue", "white", "black", "green", "yellow")
+                     if f" {c}" in qa.question]  # fmt: skip
+            assert named == ([qa.colour] if qa.colour else []), qa
+            if maker is happened_qa:
+                actor = {"park": "car", "stop": "car", "loiter": "person", "drop": "bag",
+                         "cross": "person"}[qa.topic]  # fmt: skip
+                assert actor in qa.question, qa
+
+
+def test_decoy_no_answers_are_grouped_apart_from_plain_no() -> None:
+    """A red car is on screen but parks, so "did a red car stop?" is a decoy; a blue car is
+    not on screen at all."""
+    from reasoner.tiny.data import QA
+    from reasoner.tiny.evaluate import yes_no_group
+
+    w = scripted_window()
+    decoy = QA("happened", "Did a red car stop on the road? Answer yes or no.", "No", "stop", "red")
+    plain = QA(
+        "happened", "Did a blue car stop on the road? Answer yes or no.", "No", "stop", "blue"
+    )
+    yes = QA("happened", "Did a red car park? Answer yes or no.", "Yes", "park", "red")
+    assert yes_no_group(decoy, w) == "happened/stop/no-decoy"
+    assert yes_no_group(plain, w) == "happened/stop/no"
+    assert yes_no_group(yes, w) == "happened/park/yes"
+
+
 def test_event_questions_include_hard_negatives() -> None:
     """An actor on screen that does not do the event is asked about (and answered No), so
     "did a red car park?" is not learned as "is there a red car?"."""

@@ -9,7 +9,7 @@ import pytest
 
 from encoder_trt.checkpoint import load_clip_encoder
 from reasoner.loading import load_reasoner
-from reasoner.tiny.evaluate import evaluate
+from reasoner.tiny.evaluate import YES_NO_KINDS, evaluate
 from reasoner.tiny.model import TinyConfig
 from reasoner.tiny.train import TrainOptions, train
 
@@ -36,6 +36,32 @@ def test_micro_training_reduces_loss(tmp_path: Path) -> None:
     report = evaluate(tmp_path / "m", windows=2, questions=8)
     assert sum(report["n"].values()) == 16
     assert 0.0 <= report["yes_no_accuracy"] <= 1.0
+
+
+def test_oracle_evaluation_reads_the_ground_truth_not_the_pixels(tmp_path: Path) -> None:
+    """`evaluate(oracle=True)` scores the LLM on ground-truth tokens: wrecking the encoder
+    leaves its answers exactly as they were, while the pixel path is changed by it."""
+    from safetensors.torch import load_file, save_file
+
+    opts = TrainOptions(seed=0, steps=2, scenes=2, windows_per_scene=2, batch_windows=2,
+                        stage="oracle", compact=True, config=SMALL)  # fmt: skip
+    train(opts, tmp_path / "m")
+    before = evaluate(tmp_path / "m", windows=3, questions=8, oracle=True, explain=False)
+    pixels = evaluate(tmp_path / "m", windows=3, questions=8, explain=False)
+    weights = load_file(tmp_path / "m" / "model.safetensors")
+    vision = [k for k in weights if "vision_tower" in k or "mm_projector" in k]
+    assert vision
+    save_file({k: v.fill_(1e4) if k in vision else v for k, v in weights.items()},
+              tmp_path / "m" / "model.safetensors")  # fmt: skip
+    after = evaluate(tmp_path / "m", windows=3, questions=8, oracle=True, explain=False)
+    wrecked = evaluate(tmp_path / "m", windows=3, questions=8, explain=False)
+    assert before["visual"] == "oracle" and pixels["visual"] == "pixels"
+    assert after["yes_no_groups"] == before["yes_no_groups"]
+    assert after["accuracy"] == before["accuracy"]
+    assert after["examples"] == before["examples"]
+    assert wrecked["examples"] != pixels["examples"]
+    n_yes_no = sum(n for k, n in before["n"].items() if k in YES_NO_KINDS)
+    assert sum(g["n"] for g in before["yes_no_groups"].values()) == n_yes_no > 0
 
 
 def test_encoder_stage_trains_only_the_vision_side(tmp_path: Path) -> None:
