@@ -297,9 +297,13 @@ class UMTClipEncoder(nn.Module):
         )
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        feats = self.encoder(pixels)  # (B, T*L, C)
+        return self.merge(self.encoder(pixels), pixels.shape[1])
+
+    def merge(self, feats: torch.Tensor, frames: int) -> torch.Tensor:
+        """ToMe over the encoder's (B, T*L, C) output; apart so training can also read the
+        tokens before merging."""
         schedule = self.schedule
-        if pixels.shape[1] == 1:
+        if frames == 1:
             if self.image_schedule is None:
                 raise ValueError(
                     f"{self.config.tokens_per_frame} tokens per image < target "

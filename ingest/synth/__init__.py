@@ -24,7 +24,14 @@ Public API:
 
 from __future__ import annotations
 
-from ingest.synth.scene import RGB, Scene, SceneSpec, colour_mask, make_background
+from ingest.synth.scene import (
+    RGB,
+    Scene,
+    SceneSpec,
+    body_centre,
+    colour_mask,
+    make_background,
+)
 from ingest.synth.script import REGIONS, EventSpec, make_truth, random_specs
 from ingest.synth.truth import ACTOR_KINDS, COLOURS, EVENT_KINDS, Event, GroundTruth, Track
 from ingest.synth.video import (
@@ -47,6 +54,7 @@ __all__ = [
     "Scene",
     "SceneSpec",
     "Track",
+    "body_centre",
     "colour_mask",
     "decode_frames",
     "make_background",

@@ -146,8 +146,24 @@ def _scale(y: float) -> float:
     return 0.55 + 0.6 * y
 
 
+PERSON_HEIGHT = 0.17  # of the frame height, before perspective
+CAR_LENGTH, CAR_HEIGHT = 0.16, 0.36  # of the frame width; height as a share of the length
+BAG_SIZE = 0.05  # of the frame height
+
+
+def body_centre(kind: str, x: float, y: float, aspect: float) -> tuple[float, float]:
+    """Normalised middle of an actor's drawn body given its foot point (x, y), for a frame
+    `aspect` = width / height: where training can say "this patch shows the actor"."""
+    scale = _scale(y)
+    if kind == "person":
+        return x, y - 0.62 * PERSON_HEIGHT * scale  # the shirt
+    if kind == "car":
+        return x, y - 0.4 * CAR_HEIGHT * CAR_LENGTH * scale * aspect
+    return x, y - 0.5 * BAG_SIZE * scale
+
+
 def _person(cv: _Canvas, x: float, y: float, c: tuple[int, int, int], t: float, move: bool) -> None:
-    h = 0.17 * cv.h * _scale(y)
+    h = PERSON_HEIGHT * cv.h * _scale(y)
     px, py = x * cv.w, y * cv.h
     stride = 0.12 * h * math.sin(2 * math.pi * 1.6 * t) if move else 0.0
     lw = max(1.0, 0.1 * h)
@@ -158,8 +174,8 @@ def _person(cv: _Canvas, x: float, y: float, c: tuple[int, int, int], t: float, 
 
 
 def _car(cv: _Canvas, x: float, y: float, c: tuple[int, int, int]) -> None:
-    length = 0.16 * cv.w * _scale(y)
-    hgt = 0.36 * length
+    length = CAR_LENGTH * cv.w * _scale(y)
+    hgt = CAR_HEIGHT * length
     px, py = x * cv.w, y * cv.h
     left = px - length / 2
     cv.rect(left, py - 0.6 * hgt, left + length, py - 0.15 * hgt, c)
@@ -171,7 +187,7 @@ def _car(cv: _Canvas, x: float, y: float, c: tuple[int, int, int]) -> None:
 
 
 def _bag(cv: _Canvas, x: float, y: float, c: tuple[int, int, int]) -> None:
-    s = 0.05 * cv.h * _scale(y)
+    s = BAG_SIZE * cv.h * _scale(y)
     px, py = x * cv.w, y * cv.h
     cv.rect(px - 0.7 * s, py - s, px + 0.7 * s, py, c)
     cv.rect(px - 0.3 * s, py - 1.35 * s, px + 0.3 * s, py - 1.0 * s, _TROUSERS)

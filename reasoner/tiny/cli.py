@@ -57,10 +57,26 @@ def train_cmd(
     distill_weight: Annotated[
         float, typer.Option(help="Video stage: weight of the oracle-token distillation loss.")
     ] = 1.0,
+    token_weight: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Encoder/video stage: weight of the per-patch labels before ToMe "
+            "(which actor, doing what, is in each patch of each frame).",
+        ),
+    ] = 0.0,
     hidden: Annotated[int, typer.Option(help="LLM hidden size (a new model only).")] = 256,
     layers: Annotated[int, typer.Option(help="LLM decoder layers (a new model only).")] = 4,
     heads: Annotated[int, typer.Option(help="LLM attention heads (a new model only).")] = 8,
     kv_heads: Annotated[int, typer.Option(help="LLM key/value heads (a new model only).")] = 4,
+    tome_groups: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="ToMe metric channel groups (a new model only): 2 gives a 128-wide encoder "
+            "the reference's 64-d metric.",
+        ),
+    ] = 16,
     explain_share: Annotated[
         float,
         typer.Option(
@@ -91,10 +107,11 @@ def train_cmd(
         lr=lr, warmup=warmup, clips=(min_clips, max_clips), questions_per_window=questions,
         stage=stage, compact=compact, freeze_llm_steps=freeze_llm_steps,
         distill_weight=distill_weight, focus=focus, explain_share=explain_share,
-        event_yes=event_yes,
+        event_yes=event_yes, token_weight=token_weight,
         renders=tuple(frame_size(r.strip()) for r in renders.split(",") if r.strip()),
         config=TinyConfig(hidden_size=hidden, num_layers=layers, num_heads=heads,
-                          num_kv_heads=kv_heads, intermediate_size=2 * hidden),  # ignored with init
+                          num_kv_heads=kv_heads, intermediate_size=2 * hidden,
+                          tome_groups=tome_groups),  # ignored with init
     )  # fmt: skip
     summary = train(opts, out)
     summary.pop("history", None)

@@ -46,6 +46,7 @@ from reasoner.tiny.data import (
     corpus_texts,
     questions_for,
     sample_windows,
+    token_labels,
     with_explain,
 )
 from reasoner.tiny.model import (
@@ -89,6 +90,9 @@ class TrainOptions:
     log_every: int = 25
     stage: str = "video"  # "oracle": symbolic visual tokens (see `oracle`); "video": pixels
     distill_weight: float = 1.0  # video stage: pull projected tokens onto the oracle tokens
+    token_weight: float = (
+        0.0  # encoder/video stage: per-patch labels before ToMe (data.token_labels)
+    )
     freeze_llm_steps: int = 0  # video stage: train only encoder + projector at first
     early_weight: float = 0.0  # deep supervision of yes/no question tokens (see model)
     compact: bool = False  # oracle stage: only the actor slots, no filler tokens
@@ -138,7 +142,10 @@ def make_batch(
     pixels_too: bool = True,
     slots: bool = False,
     early: bool = False,
+    grid: int | None = None,
 ) -> Batch:
+    """Teacher-forced questions over `windows`; `grid` (patches per side) adds per-patch
+    encoder targets (`data.token_labels`)."""
     pixels, ranges, prefixes, suffixes, n_answer = [], [], [], [], []
     shared: list[list[int]] = []
     spans: list[list[tuple[int, int] | None]] = []
@@ -173,6 +180,10 @@ def make_batch(
         torch.cat(pixels) if pixels else torch.empty(0), ranges, prefixes, suffixes, n_answer
     )
     batch.clip_labels = labels
+    if grid is not None:
+        batch.token_labels = torch.from_numpy(
+            np.concatenate([token_labels(w, grid) for w in windows])
+        )
     batch.slots = [clip_slots(w, tok) for w in windows] if slots else None
     batch.early = spans if early else None
     batch.shared_ids = shared
@@ -233,6 +244,10 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
         raise ValueError("the encoder stage trains on distillation: distill_weight must be > 0")
     if not 0.0 <= opts.explain_share < 1.0:
         raise ValueError(f"explain_share must be in [0, 1), got {opts.explain_share}")
+    if opts.token_weight < 0:
+        raise ValueError(f"token_weight must be >= 0, got {opts.token_weight}")
+    if opts.token_weight > 0 and opts.stage == "oracle":
+        raise ValueError("token_weight trains the encoder: use it in the encoder or video stage")
     if not 0.0 <= opts.event_yes <= 1.0:
         raise ValueError(f"event_yes must be in [0, 1], got {opts.event_yes}")
     if opts.stage not in ("oracle", "encoder", "video"):
@@ -294,6 +309,7 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
         batch = make_batch(
             tok, windows, qas, aux=video and opts.aux_weight > 0, pixels_too=video, slots=not video
             or distill, early=opts.early_weight > 0,
+            grid=config.image_size // config.patch_size if opts.token_weight > 0 else None,
         )  # fmt: skip
         frozen = encoder_only or (video and step < opts.freeze_llm_steps)
         for p in model.llm.parameters():
@@ -309,6 +325,8 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
             total = total + opts.aux_weight * model.aux_loss
         if model.distill_loss is not None:
             total = total + opts.distill_weight * model.distill_loss
+        if model.token_loss is not None:
+            total = total + opts.token_weight * model.token_loss
         early_loss = model.early_loss()
         if early_loss is not None:
             total = total + opts.early_weight * early_loss

@@ -21,6 +21,8 @@ runner = CliRunner()
         (["eval", "--render", "160by120"], "WIDTHxHEIGHT"),
         (["train", "--explain-share", "1.5"], "explain-share"),
         (["train", "--event-yes", "-0.1"], "event-yes"),
+        (["train", "--token-weight", "-1"], "token-weight"),
+        (["train", "--tome-groups", "0"], "tome-groups"),
     ],
 )
 def test_bad_camera_size_exits_2_naming_it(args: list[str], message: str, tmp_path: Path) -> None:
@@ -29,3 +31,19 @@ def test_bad_camera_size_exits_2_naming_it(args: list[str], message: str, tmp_pa
     assert res.exit_code == 2, res.output
     assert message in res.output
     assert not out.exists()
+
+
+def test_a_new_model_takes_its_tome_groups_from_the_command_line(tmp_path: Path) -> None:
+    """`--tome-groups 2` reaches config.json (both the training config and the loaders')."""
+    import json
+
+    out = tmp_path / "m"
+    res = runner.invoke(tiny_app, [
+        "train", "--out", str(out), "--stage", "oracle", "--compact", "--steps", "1",
+        "--scenes", "1", "--min-clips", "1", "--max-clips", "1", "--questions", "1",
+        "--hidden", "32", "--heads", "2", "--kv-heads", "1", "--layers", "1", "--tome-groups", "2",
+    ])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["fw_tiny"]["config"]["tome_groups"] == 2
+    assert cfg["fw_vision_config"]["tome_groups"] == 2

@@ -179,6 +179,47 @@ def test_clip_labels_mark_what_a_car_is_doing_not_only_that_it_is_there() -> Non
     assert parked.sum() == passing.sum() == 2.0  # nothing else on screen
 
 
+def test_token_labels_mark_the_patch_showing_each_actor_and_what_it_does() -> None:
+    """Per frame, the patch under a parked red car carries (car, red) and (park, red) and stays
+    put; under a blue car driving past, (car, blue) and (cross, blue) move with it; every
+    marked patch differs from the empty background (the labels point at the actor)."""
+    from reasoner.tiny.data import AUX_ACTORS, AUX_LABELS, EVENTS, token_labels
+
+    def spec(*events: str) -> SceneSpec:
+        return SceneSpec(seed=5, duration=120.0, events=events, width=160, height=120,
+                         people_per_min=0.0, cars_per_min=0.0)  # fmt: skip
+
+    scene = Scene.from_spec(spec("red_car_parks@4+40", "blue_car_crosses@70"))
+    empty = render_window(Scene.from_spec(spec()), 0.0, 1.0, 4, 64)[0].astype(int)
+    park = next(e for e in scene.truth.events if e.kind == "park")
+    cross = next(e for e in scene.truth.events if e.kind == "cross")
+    grid, cols = 8, len(COLOURS)
+    base = len(AUX_ACTORS) * cols
+    car = AUX_ACTORS.index("car") * cols
+    for t0, colour, event, still in (
+        (park.t_start + 2.0, "red", "park", True),
+        (cross.t_start + 1.5, "blue", "cross", False),
+    ):
+        w = Window(5, t0, 1.0, render_window(scene, t0, 1.0, 4, 64), scene.truth)
+        labels = token_labels(w, grid)
+        assert labels.shape == (1, 4 * grid * grid, AUX_LABELS)
+        actor = car + COLOURS.index(colour)
+        doing = base + list(EVENTS).index(event) * cols + COLOURS.index(colour)
+        cells = []
+        for i in range(4):
+            frame = labels[0, i * grid * grid : (i + 1) * grid * grid]
+            marked = np.flatnonzero(frame[:, actor])
+            assert len(marked) == 1, f"{event} frame {i}: {marked}"
+            assert frame[marked[0], doing] == 1.0
+            assert frame.sum() == 2.0  # one actor, one event, nothing else on screen
+            gy, gx = divmod(int(marked[0]), grid)
+            cells.append((gy, gx))
+            pix = w.frames[i, gy * 8 : gy * 8 + 8, gx * 8 : gx * 8 + 8].astype(int)
+            bg = empty[gy * 8 : gy * 8 + 8, gx * 8 : gx * 8 + 8]
+            assert (np.abs(pix - bg).sum(-1) > 60).sum() >= 8, f"{event} frame {i}"
+        assert (len(set(cells)) == 1) is still, cells
+
+
 def test_training_pool_cycles_camera_sizes_scene_by_scene() -> None:
     """Scene i of the pool is rendered at renders[i % len]: the model sees the 320x240 cameras
     A3 and the demo use, not only the 160x120 evaluation renders."""

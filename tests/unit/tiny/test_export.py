@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +16,18 @@ from reasoner.modeling_qwen2_flash import DropConfig
 from reasoner.projector import project_clips
 from reasoner.prompt import VideoSegment, build_inputs
 from reasoner.tiny.data import QA, sample_windows
-from reasoner.tiny.model import TinyConfig, TinyVideoChat, export, load_exported
+from reasoner.tiny.model import (
+    TinyConfig,
+    TinyVideoChat,
+    export,
+    exported_config,
+    load_exported,
+)
 from reasoner.tiny.train import clips_of, make_batch
 
 SMALL = TinyConfig(
     vision_dim=32, vision_depth=1, vision_heads=2, hidden_size=32, num_layers=2, num_heads=2,
-    num_kv_heads=1, intermediate_size=64,
+    num_kv_heads=1, intermediate_size=64, tome_groups=2,
 )  # fmt: skip
 
 
@@ -44,7 +51,26 @@ def test_directory_layout(exported: tuple[TinyVideoChat, Path]) -> None:
     assert cfg["mm_vision_tower"] == "umt-large"
     assert cfg["mm_projector_type"] == "tome16_mlp_hd64"
     assert cfg["fw_vision_config"]["image_size"] == 64
+    assert cfg["fw_vision_config"]["tome_groups"] == SMALL.tome_groups == 2
     assert cfg["eos_token_id"] == 2
+
+
+def test_models_exported_before_tome_groups_keep_merging_with_16_groups(
+    exported: tuple[TinyVideoChat, Path], tmp_path: Path
+) -> None:
+    """A model directory written before the field existed (the reference's 16) loads as it
+    was trained, both to continue training and to serve."""
+    _, out = exported
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    cfg = json.loads((old / "config.json").read_text())
+    del cfg["fw_vision_config"]["tome_groups"]
+    del cfg["fw_tiny"]["config"]["tome_groups"]
+    (old / "config.json").write_text(json.dumps(cfg))
+    assert exported_config(old).tome_groups == 16
+    assert exported_config(out).tome_groups == 2
+    assert load_clip_encoder(old)[0].config.tome_groups == 16
+    assert load_clip_encoder(out)[0].config.tome_groups == 2
 
 
 def test_loaders_match_training_model(exported: tuple[TinyVideoChat, Path], tok_dir: Path) -> None:

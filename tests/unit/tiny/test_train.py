@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from encoder_trt.checkpoint import load_clip_encoder
@@ -106,3 +108,46 @@ def test_continued_training_keeps_the_init_tokenizer(
     # A new model does take today's corpus (so the check above is not vacuous).
     train(opts, tmp_path / "c")
     assert (tmp_path / "c" / "tokenizer.json").read_text() != first
+
+
+def test_per_patch_labels_train_the_encoder_before_token_merging(tok: Any) -> None:
+    """With `grid`, a batch carries per-patch targets and the model scores its encoder output
+    against them before ToMe; a few steps on that loss alone lower it. Without, no loss."""
+    import torch
+
+    from reasoner.tiny.data import AUX_LABELS, questions_for, sample_windows
+    from reasoner.tiny.model import TinyVideoChat
+    from reasoner.tiny.train import make_batch
+
+    torch.manual_seed(0)
+    cfg = replace(SMALL, aux_labels=AUX_LABELS)
+    model = TinyVideoChat(cfg)
+    windows = sample_windows(11, 2, cfg.image_size, clips=(2, 3))
+    qas = [questions_for(w, np.random.default_rng(0), 2) for w in windows]
+    grid = cfg.image_size // cfg.patch_size
+    batch = make_batch(tok, windows, qas, grid=grid)
+    plain = make_batch(tok, windows, qas)
+    assert batch.token_labels is not None and plain.token_labels is None
+    n_clips = sum(len(w.frames) // 4 for w in windows)
+    assert batch.token_labels.shape == (n_clips, 4 * grid * grid, AUX_LABELS)
+    model.visual_blocks(plain)
+    assert model.token_loss is None
+    optim = torch.optim.Adam([*model.vision.parameters(), *model.aux_head.parameters()], lr=3e-3)
+    losses = []
+    for _ in range(30):
+        model.visual_blocks(batch)
+        assert model.token_loss is not None
+        losses.append(float(model.token_loss.detach()))
+        optim.zero_grad()
+        model.token_loss.backward()
+        optim.step()
+    assert losses[-1] < 0.6 * losses[0], losses
+
+
+@pytest.mark.parametrize(
+    ("stage", "weight", "message"),
+    [("oracle", 1.0, "encoder or video stage"), ("video", -1.0, "token_weight must be >= 0")],
+)
+def test_per_patch_label_weight_is_checked(stage: str, weight: float, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        train(TrainOptions(stage=stage, token_weight=weight, steps=1, config=SMALL), "/nonexistent")
