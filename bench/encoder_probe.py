@@ -29,19 +29,22 @@ import torch
 
 from reasoner.tiny.data import (
     AUX_ACTOR_LABELS,
-    AUX_ACTORS,
     AUX_LABELS,
     COLOURS,
     EVENTS,
     FOCUS_WEIGHTS,
+    actor_column,
     clip_labels,
+    event_column,
     questions_for,
 )
 from reasoner.tiny.model import TinyVideoChat, exported_config, load_exported
 from reasoner.tiny.train import (
     EVAL_SEED_BASE,
     TRAIN_SEED_BASE,
+    TrainOptions,
     clips_of,
+    lr_at,
     make_batch,
     tokenizer_for,
     window_pool,
@@ -71,10 +74,10 @@ def probe_scores(model: TinyVideoChat, windows: list[Any]) -> dict[str, dict[str
             pixels = torch.cat([clips_of(w) for w in chunk])
             predicted = model.aux_head(model.vision(pixels)).amax(dim=1) > 0
             truth = torch.from_numpy(np.concatenate([clip_labels(w) for w in chunk])) > 0
-            for k, (kind, (actor, _, _)) in enumerate(EVENTS.items()):
-                for c in range(len(COLOURS)):
-                    present = truth[:, AUX_ACTORS.index(actor) * len(COLOURS) + c]
-                    col = AUX_ACTOR_LABELS + k * len(COLOURS) + c
+            for kind, (actor, _, _) in EVENTS.items():
+                for colour in COLOURS:
+                    present = truth[:, actor_column(actor, colour)]
+                    col = event_column(kind, colour)
                     _tally(counts, kind, predicted[:, col], truth[:, col], present)
             actors = slice(0, AUX_ACTOR_LABELS)
             everywhere = torch.ones_like(truth[:, actors])
@@ -126,11 +129,11 @@ def main() -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     rng = np.random.default_rng([4, 11])
+    schedule = TrainOptions(lr=args.lr, warmup=20, steps=args.steps)  # the training's schedule
     model.train()
     for step in range(args.steps):
-        cosine = 0.05 + 0.475 * (1 + np.cos(np.pi * step / args.steps))
         for group in optim.param_groups:
-            group["lr"] = args.lr * (min(1.0, (step + 1) / 20) if step < 20 else cosine)
+            group["lr"] = lr_at(step / args.steps, step, schedule)
         windows = [pool[int(i)] for i in rng.choice(len(pool), size=4, replace=False)]
         qas = [questions_for(w, rng, 1, FOCUS_WEIGHTS) for w in windows]
         batch = make_batch(tok, windows, qas, aux=True, slots=True, grid=grid)

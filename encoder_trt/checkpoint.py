@@ -54,8 +54,11 @@ def image_size_for(mm_vision_tower: str) -> int:
 
 
 VISION_OVERRIDES_KEY = "fw_vision_config"
-_OVERRIDABLE = {"image_size", "num_heads", "pos_base_grid", "mlp_ratio", "ln_eps", "final_ln_eps"}
-_OVERRIDABLE |= {"tome_groups"}  # ToMe metric groups: 16 of 64 channels for UMT-L ("hd64")
+# tome_groups: ToMe metric channel groups (16 of 64 channels for UMT-L, "hd64").
+_OVERRIDABLE = {
+    "image_size", "num_heads", "pos_base_grid", "mlp_ratio", "ln_eps", "final_ln_eps",
+    "tome_groups",
+}  # fmt: skip
 
 
 def vision_overrides(cfg_json: dict[str, Any]) -> dict[str, Any]:

@@ -133,6 +133,25 @@ AUX_ACTOR_LABELS = len(AUX_ACTORS) * len(COLOURS)
 AUX_LABELS = AUX_ACTOR_LABELS + len(EVENTS) * len(COLOURS)
 
 
+def actor_column(kind: str, colour: str) -> int:
+    """Column of (actor kind, colour) in the auxiliary labels."""
+    return AUX_ACTORS.index(kind) * len(COLOURS) + COLOURS.index(colour)
+
+
+def event_column(kind: str, colour: str) -> int:
+    """Column of (event, colour) in the auxiliary labels, after the actor columns."""
+    return AUX_ACTOR_LABELS + list(EVENTS).index(kind) * len(COLOURS) + COLOURS.index(colour)
+
+
+def actor_events(truth: GroundTruth, track: Track, times: Sequence[float]) -> list[Event]:
+    """Events of `track`'s actor that are happening at one of `times` or more."""
+    return [
+        ev
+        for ev in truth.events
+        if ev.actor_id == track.actor_id and any(ev.t_start <= t < ev.t_end for t in times)
+    ]
+
+
 def clip_labels(w: Window) -> np.ndarray:
     """(n_clips, AUX_LABELS) float32 targets of the auxiliary per-clip loss on the encoder:
     which (actor kind, colour) is on screen in each 4-frame clip, then which (event, colour)
@@ -146,15 +165,14 @@ def clip_labels(w: Window) -> np.ndarray:
     n_clips = len(times) // 4
     out = np.zeros((n_clips, AUX_LABELS), dtype=np.float32)
     for tr in w.truth.tracks:
-        col = AUX_ACTORS.index(tr.actor_kind) * len(COLOURS) + COLOURS.index(tr.colour)
+        col = actor_column(tr.actor_kind, tr.colour)
         for c in range(n_clips):
             if any(on_screen(tr, t) for t in times[4 * c : 4 * c + 4]):
                 out[c, col] = 1.0
-    base = AUX_ACTOR_LABELS
-    for k, kind in enumerate(EVENTS):
+    for kind in EVENTS:
         for c in range(n_clips):
             for ev in seen_events(w.truth, times[4 * c : 4 * c + 4], kind):
-                out[c, base + k * len(COLOURS) + COLOURS.index(ev.colour)] = 1.0
+                out[c, event_column(kind, ev.colour)] = 1.0
     return out
 
 
@@ -174,12 +192,12 @@ def token_labels(w: Window, grid: int) -> np.ndarray:
     for c in range(n_clips):
         ts = times[4 * c : 4 * c + 4]
         for tr in w.truth.tracks:
-            labels = [AUX_ACTORS.index(tr.actor_kind) * len(COLOURS) + COLOURS.index(tr.colour)]
-            for ev in w.truth.events:
-                active = any(ev.t_start <= t < ev.t_end for t in ts)
-                if ev.actor_id == tr.actor_id and ev.kind in EVENTS and active:
-                    k = list(EVENTS).index(ev.kind)
-                    labels.append(AUX_ACTOR_LABELS + k * len(COLOURS) + COLOURS.index(ev.colour))
+            labels = [actor_column(tr.actor_kind, tr.colour)]
+            labels += [
+                event_column(ev.kind, ev.colour)
+                for ev in actor_events(w.truth, tr, ts)
+                if ev.kind in EVENTS
+            ]
             for i, t in enumerate(ts):
                 if not on_screen(tr, t):
                     continue

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from reasoner.tiny.data import Window, on_screen
+from reasoner.tiny.data import Window, actor_events, on_screen
 
 TOKENS_PER_CLIP = 64
 EVENT_WORDS = {
@@ -53,10 +53,11 @@ def clip_slots(w: Window, tok: Any) -> list[Slots]:
             if not hits:
                 continue
             words = [tr.colour, tr.actor_kind]
-            for ev in w.truth.events:
-                active = any(ev.t_start <= t < ev.t_end for t in ts)
-                if ev.actor_id == tr.actor_id and ev.kind in EVENT_WORDS and active:
-                    words.append(EVENT_WORDS[ev.kind])
+            words += [
+                EVENT_WORDS[ev.kind]
+                for ev in actor_events(w.truth, tr, ts)
+                if ev.kind in EVENT_WORDS
+            ]
             x, _ = tr.position(hits[len(hits) // 2])
             pos = min(TOKENS_PER_CLIP - 1, max(0, int(x * (TOKENS_PER_CLIP - 1))))
             while pos in taken:

@@ -90,9 +90,7 @@ class TrainOptions:
     log_every: int = 25
     stage: str = "video"  # "oracle": symbolic visual tokens (see `oracle`); "video": pixels
     distill_weight: float = 1.0  # video stage: pull projected tokens onto the oracle tokens
-    token_weight: float = (
-        0.0  # encoder/video stage: per-patch labels before ToMe (data.token_labels)
-    )
+    token_weight: float = 0.0  # encoder/video stage: per-patch labels (data.token_labels)
     freeze_llm_steps: int = 0  # video stage: train only encoder + projector at first
     early_weight: float = 0.0  # deep supervision of yes/no question tokens (see model)
     compact: bool = False  # oracle stage: only the actor slots, no filler tokens
