@@ -18,6 +18,8 @@ Public API:
 * ``write_video(scene, path, t0, t1, fps)`` → H.264 MP4 + ``path.truth.json``;
   ``write_camera_file(path, scene, seconds)`` for the RTSP test server; ``read_truth(video)``.
 * ``colour_mask(frame, colour)``: pixels of a saturated actor colour (tests, oracle checks).
+* ``hold_still(truth, {actor_id: t}, t0, t1)``: the same scene with those actors standing
+  still over [t0, t1), their events rewritten (loiter / park / stop by where they stand).
 * ``EventSpec.parse("black_person_drops_yellow_bag@60")``; ``random_specs(rng, duration, n)``.
 * CLI: ``synth_app`` in ``ingest.synth.cli`` (``video``, ``truth``, ``frame``).
 """
@@ -32,7 +34,7 @@ from ingest.synth.scene import (
     colour_mask,
     make_background,
 )
-from ingest.synth.script import REGIONS, EventSpec, make_truth, random_specs
+from ingest.synth.script import REGIONS, EventSpec, hold_still, make_truth, random_specs
 from ingest.synth.truth import ACTOR_KINDS, COLOURS, EVENT_KINDS, Event, GroundTruth, Track
 from ingest.synth.video import (
     decode_frames,
@@ -57,6 +59,7 @@ __all__ = [
     "body_centre",
     "colour_mask",
     "decode_frames",
+    "hold_still",
     "make_background",
     "make_truth",
     "random_specs",

@@ -111,6 +111,17 @@ def _walk(keys: list[Key], x: float, y: float, speed: float) -> None:
     keys.append((round(t0 + dist / speed, 3), x, y))
 
 
+def _wander(keys: list[Key], until: float, rng: np.random.Generator) -> None:
+    """Loiter from the last keyframe's spot to `until`: small random steps, each ~3 s, then
+    back to the spot."""
+    _, x, y = keys[-1]
+    while keys[-1][0] < until - 3.0:
+        tx = x + float(rng.uniform(-0.04, 0.04))
+        ty = float(np.clip(y + rng.uniform(-0.02, 0.02), WALK_Y0, WALK_Y1))
+        keys.append((keys[-1][0] + 3.0, tx, ty))
+    keys.append((until, x, y))
+
+
 def _hold(keys: list[Key], seconds: float) -> None:
     t0, x0, y0 = keys[-1]
     keys.append((round(t0 + seconds, 3), x0, y0))
@@ -177,12 +188,8 @@ def _stop_or_loiter(b: _Builder, spec: EventSpec, rng: np.random.Generator, need
     arrive = keys[-1][0]
     if kind == "car":
         _hold(keys, dwell)
-    else:  # small random steps, each ~3 s, returning to the spot
-        while keys[-1][0] < arrive + dwell - 3.0:
-            tx = x_stop + float(rng.uniform(-0.04, 0.04))
-            ty = float(np.clip(y + rng.uniform(-0.02, 0.02), WALK_Y0, WALK_Y1))
-            keys.append((keys[-1][0] + 3.0, tx, ty))
-        keys.append((arrive + dwell, x_stop, y))
+    else:
+        _wander(keys, arrive + dwell, rng)
     depart = keys[-1][0]
     _walk(keys, _OFF_R, y, speed)
     spans = [
@@ -272,3 +279,65 @@ def make_truth(
             _drop(b, spec, duration, rng, needle=True)
     events_sorted = sorted(b.events, key=lambda e: (e.t_start, e.actor_id, e.kind))
     return GroundTruth(seed, float(duration), b.tracks, events_sorted, dict(REGIONS))
+
+
+def _standing_event(kind: str, x: float, y: float) -> tuple[str, str] | None:
+    """(event, region) of an actor standing with its foot at (x, y), or None for no event."""
+
+    def inside(name: str) -> bool:
+        x0, y0, x1, y1 = REGIONS[name]
+        return x0 <= x <= x1 and y0 <= y <= y1
+
+    if kind == "person" and inside("walkway"):
+        return "loiter", "walkway"
+    if kind == "car":
+        bays = [f"bay{i}" for i in range(len(BAY_XS)) if inside(f"bay{i}")]
+        if bays:
+            return "park", bays[0]
+        if inside("road"):
+            return "stop", "road"
+    return None
+
+
+def hold_still(
+    truth: GroundTruth,
+    holds: dict[int, float],
+    t0: float,
+    t1: float,
+    rng: np.random.Generator | None = None,
+) -> GroundTruth:
+    """The same scene with the actors in `holds` (actor id → the time whose position each
+    keeps) standing still over ``[t0, t1)`` and absent outside it; their events become what
+    standing there is: a person on the walkway loiters, a car in a bay parks, one on the road
+    stops (elsewhere: no event). With `rng`, a held person shuffles about its spot the way a
+    scripted loiterer does. Bags already stand still; other actors and events are untouched.
+
+    Why: in the scripted activity only a needle stands still (one or two per five minutes), so
+    an encoder trained on it met too few loiterers and stopped cars to learn "did not move"
+    and memorised them instead (BENCHMARKS.md, stop 19). Held-still copies of any passer-by
+    give every colour, place and kind standing still, labelled consistently.
+    """
+    if not t1 > t0:
+        raise ValueError(f"hold_still needs t1 > t0, got [{t0}, {t1})")
+    held = {tr.actor_id for tr in truth.tracks if tr.actor_id in holds and tr.actor_kind != "bag"}
+    tracks: list[Track] = []
+    events = [ev for ev in truth.events if ev.actor_id not in held]
+    for tr in truth.tracks:
+        if tr.actor_id not in held:
+            tracks.append(tr)
+            continue
+        x, y = tr.position(holds[tr.actor_id])
+        keys: list[Key] = [(t0, x, y)]
+        if rng is not None and tr.actor_kind == "person":
+            _wander(keys, t1, rng)
+        else:
+            keys.append((t1, x, y))
+        tracks.append(Track(tr.actor_id, tr.actor_kind, tr.colour, tuple(keys), tr.needle))
+        standing = _standing_event(tr.actor_kind, x, y)
+        if standing is not None:
+            kind, region = standing
+            events.append(
+                Event(kind, tr.actor_kind, tr.colour, t0, t1, region, tr.actor_id, tr.needle)
+            )
+    events.sort(key=lambda e: (e.t_start, e.actor_id, e.kind))
+    return GroundTruth(truth.seed, truth.duration, tracks, events, dict(truth.regions))

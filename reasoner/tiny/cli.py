@@ -92,6 +92,15 @@ def train_cmd(
             "(rare events such as loitering get positives; 0 = the natural mix).",
         ),
     ] = 0.0,
+    still_share: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Share of training windows re-rendered with some people and cars held still "
+            "(labelled loitering, stopped or parked by where they stand).",
+        ),
+    ] = 0.0,
     renders: Annotated[
         str, typer.Option(help="Camera sizes WxH, comma-separated; scenes cycle through them.")
     ] = "160x120,320x240",
@@ -107,7 +116,7 @@ def train_cmd(
         lr=lr, warmup=warmup, clips=(min_clips, max_clips), questions_per_window=questions,
         stage=stage, compact=compact, freeze_llm_steps=freeze_llm_steps,
         distill_weight=distill_weight, focus=focus, explain_share=explain_share,
-        event_yes=event_yes, token_weight=token_weight,
+        event_yes=event_yes, token_weight=token_weight, still_share=still_share,
         renders=tuple(frame_size(r.strip()) for r in renders.split(",") if r.strip()),
         config=TinyConfig(hidden_size=hidden, num_layers=layers, num_heads=heads,
                           num_kv_heads=kv_heads, intermediate_size=2 * hidden,

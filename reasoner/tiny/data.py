@@ -21,7 +21,16 @@ from functools import partial
 import numpy as np
 
 from encoder_trt.preprocess import jpeg_round_trip, resize_frame
-from ingest.synth import COLOURS, Event, GroundTruth, Scene, SceneSpec, Track, body_centre
+from ingest.synth import (
+    COLOURS,
+    Event,
+    GroundTruth,
+    Scene,
+    SceneSpec,
+    Track,
+    body_centre,
+    hold_still,
+)
 from reasoner.answers import explain_question, relevance_question, rule_question
 
 RENDER_W, RENDER_H = 160, 120  # rendered, then squashed to S x S like any camera frame
@@ -240,13 +249,19 @@ def sample_windows(
     render: tuple[int, int] = (RENDER_W, RENDER_H),
     clips: tuple[int, int] = (WINDOW_S[0] // 4, WINDOW_S[1] // 4),
     jpeg: int | None = None,
+    still_share: float = 0.0,
 ) -> list[Window]:
     """`count` windows of one scene; half of them start near a scripted (needle) event.
 
     Frames are rendered at `render` (W, H) and squashed to `size` like any camera frame (and
-    with `jpeg`, sent through ingest's JPEG at that quality)."""
+    with `jpeg`, sent through ingest's JPEG at that quality). With `still_share`, that share
+    of the windows shows some of its people and cars held still (`held_still`)."""
+    if not 0.0 <= still_share <= 1.0:
+        raise ValueError(f"still_share must be in [0, 1], got {still_share}")
     scene = scene_for(seed, render)
     rng = np.random.default_rng([seed, 77])
+    # Its own stream, so windows and questions stay what they were without it.
+    still_rng = np.random.default_rng([seed, 79])
     needles = [e for e in scene.truth.events if e.needle and e.kind != "enter"]
     out = []
     for _ in range(count):
@@ -262,9 +277,36 @@ def sample_windows(
         else:
             t0 = float(rng.uniform(0.0, hi))
         t0 = float(np.floor(t0))
-        frames = render_window(scene, t0, step, 4 * n_clips, size, jpeg)
-        out.append(Window(seed, t0, step, frames, scene.truth, render[0] / render[1]))
+        w_scene = scene
+        if still_share > 0 and still_rng.random() < still_share:
+            w_scene = held_still(scene, t0, step, 4 * n_clips, still_rng)
+        frames = render_window(w_scene, t0, step, 4 * n_clips, size, jpeg)
+        out.append(Window(seed, t0, step, frames, w_scene.truth, render[0] / render[1]))
     return out
+
+
+def held_still(
+    scene: Scene, t0: float, step: float, n_frames: int, rng: np.random.Generator
+) -> Scene:
+    """`scene` with about half of the people and cars seen in the window (at least one) standing
+    still through it (people shuffling like loiterers), each where it was at one of the
+    window's frames (`ingest.synth.hold_still` rewrites their events: loiter, park or stop).
+    Why: the scripted activity has too few actors standing still to teach the encoder what
+    "did not move" looks like."""
+    times = [t0 + i * step for i in range(n_frames)]
+    seen = {
+        tr.actor_id: [t for t in times if on_screen(tr, t)]
+        for tr in scene.truth.tracks
+        if tr.actor_kind != "bag"
+    }
+    seen = {aid: ts for aid, ts in seen.items() if ts}
+    if not seen:
+        return scene
+    ids = sorted(seen)
+    chosen = [aid for aid in ids if rng.random() < 0.5] or [ids[int(rng.integers(len(ids)))]]
+    holds = {aid: float(rng.choice(seen[aid])) for aid in chosen}
+    truth = hold_still(scene.truth, holds, t0, times[-1] + step, rng)
+    return Scene(truth, scene.width, scene.height, scene.fps)
 
 
 # ----------------------------------------------------------------------------- questions

@@ -97,6 +97,7 @@ class TrainOptions:
     focus: bool = False  # mostly presence / "did X happen" questions (`data.FOCUS_WEIGHTS`)
     explain_share: float = 0.0  # share of "explain" questions (alert reasons), see data
     event_yes: float = 0.0  # event questions about an event the window shows (`data._event_pick`)
+    still_share: float = 0.0  # training windows with actors held still (`data.held_still`)
     config: TinyConfig = field(default_factory=TinyConfig)  # ignored with `init` (its own)
 
 
@@ -204,13 +205,16 @@ def window_pool(
     size: int,
     clips: tuple[int, int] = (4, 16),
     renders: Sequence[tuple[int, int]] = TRAIN_RENDERS,
+    still_share: float = 0.0,
 ) -> list[Window]:
-    """`per_scene` windows of each scene, scene i rendered at `renders[i % len(renders)]`."""
+    """`per_scene` windows of each scene, scene i rendered at `renders[i % len(renders)]`;
+    `still_share` of them with actors held still (`data.held_still`)."""
     if not renders:
         raise ValueError("renders must name at least one camera size")
     out: list[Window] = []
     for i, s in enumerate(seeds):
-        out += sample_windows(s, per_scene, size, renders[i % len(renders)], clips=clips)
+        render = renders[i % len(renders)]
+        out += sample_windows(s, per_scene, size, render, clips=clips, still_share=still_share)
     return out
 
 
@@ -248,6 +252,8 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
         raise ValueError("token_weight trains the encoder: use it in the encoder or video stage")
     if not 0.0 <= opts.event_yes <= 1.0:
         raise ValueError(f"event_yes must be in [0, 1], got {opts.event_yes}")
+    if not 0.0 <= opts.still_share <= 1.0:
+        raise ValueError(f"still_share must be in [0, 1], got {opts.still_share}")
     if opts.stage not in ("oracle", "encoder", "video"):
         raise ValueError(f"stage must be 'oracle', 'encoder' or 'video', got {opts.stage!r}")
     t_start = time.perf_counter()
@@ -261,7 +267,14 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
     if len(tok) > config.vocab_size:
         raise ValueError(f"tokenizer has {len(tok)} ids > vocab_size {config.vocab_size}")
     seeds = [TRAIN_SEED_BASE + opts.seed * 10_000 + i for i in range(opts.scenes)]
-    pool = window_pool(seeds, opts.windows_per_scene, config.image_size, opts.clips, opts.renders)
+    pool = window_pool(
+        seeds,
+        opts.windows_per_scene,
+        config.image_size,
+        opts.clips,
+        opts.renders,
+        opts.still_share,
+    )
     log.info("pool: %d windows in %.1f s", len(pool), time.perf_counter() - t_start)
 
     if opts.stage in ("encoder", "video"):  # the probe is trained (not exported): today's labels
@@ -365,6 +378,17 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
         "pool_windows": len(pool),
         "final_loss": ema_loss,
         "init": str(opts.init) if opts.init else None,
+        # What shaped this run's data and loss, so a model directory says how it was made.
+        "options": {
+            "stage": opts.stage,
+            "lr": opts.lr,
+            "scenes": opts.scenes,
+            "focus": opts.focus,
+            "event_yes": opts.event_yes,
+            "still_share": opts.still_share,
+            "token_weight": opts.token_weight,
+            "explain_share": opts.explain_share,
+        },
         "history": history[-40:],
     }
     model.eval()

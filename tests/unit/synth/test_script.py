@@ -86,3 +86,56 @@ def test_random_needles_are_valid_and_inside_the_footage() -> None:
     for e in gt.events:
         assert e.kind in EVENT_KINDS and e.colour in COLOURS and e.t_end > e.t_start
         assert e.region in REGIONS
+
+
+def test_hold_still_stands_actors_where_they_were_and_rewrites_their_events() -> None:
+    """A passing person held still loiters, a car held on the road stops, one held in its bay
+    parks; each stands at the place of the chosen time over [t0, t1) only; a bag in `holds`
+    and everyone else keep their tracks and events."""
+    from ingest.synth import hold_still
+
+    gt = make_truth(
+        3,
+        200.0,
+        ["green_person_crosses@10", "blue_car_crosses@12", "red_car_parks@5+100",
+         "black_person_drops_yellow_bag@40"],
+        people_per_min=0.0,
+        cars_per_min=0.0,
+    )  # fmt: skip
+    by = {(tr.actor_kind, tr.colour): tr for tr in gt.tracks}
+    person, car, parked = by["person", "green"], by["car", "blue"], by["car", "red"]
+    bag, dropper = by["bag", "yellow"], by["person", "black"]
+    park = next(e for e in gt.events if e.kind == "park")
+    t_car = next(t for t in np.arange(12, 30, 0.5) if 0.3 < car.position(t)[0] < 0.7)
+    holds = {person.actor_id: 15.0, car.actor_id: float(t_car), parked.actor_id: park.t_start + 5,
+             bag.actor_id: 60.0}  # fmt: skip
+    held = hold_still(gt, holds, 14.0, 30.0)
+
+    for tr, event, region in ((person, "loiter", "walkway"), (car, "stop", "road"),
+                              (parked, "park", "bay0")):  # fmt: skip
+        new = next(t for t in held.tracks if t.actor_id == tr.actor_id)
+        x, y = tr.position(holds[tr.actor_id])
+        assert [new.position(t) for t in (14.0, 20.0, 29.9)] == [(x, y)] * 3
+        assert new.visible(14.0) and not new.visible(13.9) and not new.visible(30.0)
+        evs = [e for e in held.events if e.actor_id == tr.actor_id]
+        assert [(e.kind, e.region, e.t_start, e.t_end, e.colour) for e in evs] == [
+            (event, region, 14.0, 30.0, tr.colour)
+        ]
+    untouched = {bag.actor_id, dropper.actor_id}
+    assert [t for t in held.tracks if t.actor_id in untouched] == [dropper, bag]
+    assert [e for e in held.events if e.actor_id in untouched] == [
+        e for e in gt.events if e.actor_id in untouched
+    ]
+    assert held.seed == gt.seed and held.duration == gt.duration and held.regions == gt.regions
+    with pytest.raises(ValueError, match="t1 > t0"):
+        hold_still(gt, holds, 30.0, 30.0)
+
+    # With an rng, the held person shuffles about its spot like a scripted loiterer; cars don't.
+    wandering = hold_still(gt, holds, 14.0, 44.0, np.random.default_rng(0))
+    new = next(t for t in wandering.tracks if t.actor_id == person.actor_id)
+    x, y = person.position(15.0)
+    xs = [new.position(t)[0] for t in np.arange(14.0, 44.0, 0.5)]
+    assert len(new.keys) > 5 and max(xs) - min(xs) > 0.01
+    assert all(abs(v - x) <= 0.04 + 1e-9 for v in xs) and new.keys[-1] == (44.0, x, y)
+    stopped = next(t for t in wandering.tracks if t.actor_id == car.actor_id)
+    assert len(stopped.keys) == 2

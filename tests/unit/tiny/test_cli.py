@@ -23,6 +23,7 @@ runner = CliRunner()
         (["train", "--event-yes", "-0.1"], "event-yes"),
         (["train", "--token-weight", "-1"], "token-weight"),
         (["train", "--tome-groups", "0"], "tome-groups"),
+        (["train", "--still-share", "1.5"], "still-share"),
     ],
 )
 def test_bad_camera_size_exits_2_naming_it(args: list[str], message: str, tmp_path: Path) -> None:
@@ -47,3 +48,22 @@ def test_a_new_model_takes_its_tome_groups_from_the_command_line(tmp_path: Path)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["fw_tiny"]["config"]["tome_groups"] == 2
     assert cfg["fw_vision_config"]["tome_groups"] == 2
+
+
+def test_still_share_reaches_the_training_pool_and_the_model_says_how_it_was_made(
+    tmp_path: Path,
+) -> None:
+    """`--still-share` reaches the run: its summary in config.json records it (what held-still
+    windows show is `test_data`'s)."""
+    import json
+
+    out = tmp_path / "m"
+    res = runner.invoke(tiny_app, [
+        "train", "--out", str(out), "--stage", "oracle", "--compact", "--steps", "1",
+        "--scenes", "1", "--min-clips", "1", "--max-clips", "1", "--questions", "1",
+        "--hidden", "32", "--heads", "2", "--kv-heads", "1", "--layers", "1",
+        "--still-share", "0.5",
+    ])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    options = json.loads((out / "config.json").read_text())["fw_tiny"]["training"]["options"]
+    assert options["still_share"] == 0.5 and options["stage"] == "oracle"

@@ -294,3 +294,50 @@ def test_event_yes_asks_about_events_the_window_shows_and_zero_keeps_the_old_mix
     assert a == b
     empty = Window(w.seed, 0.0, 1.0, w.frames[:4], w.truth)  # nothing on screen yet
     assert not any(_event_pick(empty, np.random.default_rng(i), 1.0)[2] for i in range(50))
+
+
+def test_still_share_holds_actors_still_in_that_share_of_windows_and_zero_changes_nothing() -> None:
+    """With still_share=1 every window shows someone held still: the truth keeps them within a
+    loiterer's shuffle of one spot through the window and says what that is (loiter / stop /
+    park); the frames are re-rendered from it, and around a held car they stay the same. The
+    windows' times match the natural ones, and 0 is the old pool."""
+    import pytest
+
+    from ingest.synth import body_centre
+    from reasoner.tiny.data import on_screen
+
+    plain = sample_windows(11, 3, 64)
+    assert all(
+        np.array_equal(a.frames, b.frames) and a.truth == b.truth
+        for a, b in zip(plain, sample_windows(11, 3, 64, still_share=0.0), strict=True)
+    )
+    held_cars = 0
+    for natural, w in zip(plain, sample_windows(11, 3, 64, still_share=1.0), strict=True):
+        assert (w.t0, w.step, len(w.frames)) == (natural.t0, natural.step, len(natural.frames))
+        assert w.truth != natural.truth and not np.array_equal(w.frames, natural.frames)
+        end = w.t0 + len(w.frames) * w.step
+        standing = [
+            tr
+            for tr in w.truth.tracks
+            if tr.actor_kind != "bag" and (tr.t_in, tr.t_out) == (w.t0, end)
+            and on_screen(tr, w.t0)
+            and max(abs(k[1] - tr.keys[0][1]) for k in tr.keys) <= 0.04
+        ]  # fmt: skip
+        assert standing, "no actor held still"
+        for tr in standing:
+            kinds = {e.kind for e in w.truth.events if e.actor_id == tr.actor_id}
+            assert kinds <= {"loiter", "stop", "park"}
+            if tr.actor_kind == "person":
+                assert kinds == {"loiter"}
+                continue
+            held_cars += 1
+            x, y = body_centre(tr.actor_kind, *tr.position(w.t0), w.aspect)
+            px, py = int(x * 63), int(y * 63)
+            patch = w.frames[:, max(0, py - 2) : py + 3, max(0, px - 2) : px + 3].astype(int)
+            # Per frame, the mean change from the first (sensor noise, lighting drift and anyone
+            # passing in front move it a little; a car driving on, 20-40 levels).
+            change = np.abs(patch - patch[0]).mean(axis=(1, 2, 3))
+            assert np.median(change) < 10, f"a held car moved between frames: {change}"
+    assert held_cars
+    with pytest.raises(ValueError, match="still_share"):
+        sample_windows(11, 1, 64, still_share=1.5)
