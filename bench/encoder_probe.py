@@ -111,6 +111,9 @@ def main() -> None:
     ap.add_argument("--tome-groups", type=int, default=None, help="default: --init's")
     ap.add_argument("--token-weight", type=float, default=0.0, help="per-patch labels' weight")
     ap.add_argument("--distill-weight", type=float, default=30.0)
+    ap.add_argument(
+        "--still-share", type=float, default=0.0, help="training windows with actors held still"
+    )
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -122,7 +125,7 @@ def main() -> None:
     model.filler_id = int(tok.convert_tokens_to_ids("<|endoftext|>"))
     cfg = model.config
     train_seeds = [TRAIN_SEED_BASE + 4 * 10_000 + i for i in range(args.scenes)]
-    pool = window_pool(train_seeds, 4, cfg.image_size, (1, 8))
+    pool = window_pool(train_seeds, 4, cfg.image_size, (1, 8), still_share=args.still_share)
     held_seeds = [EVAL_SEED_BASE + 500 + i for i in range(args.eval_scenes)]
     held = window_pool(held_seeds, 4, cfg.image_size, (1, 8))
     grid = cfg.image_size // cfg.patch_size if args.token_weight > 0 else None
