@@ -18,8 +18,9 @@ Public API:
 * ``write_video(scene, path, t0, t1, fps)`` → H.264 MP4 + ``path.truth.json``;
   ``write_camera_file(path, scene, seconds)`` for the RTSP test server; ``read_truth(video)``.
 * ``colour_mask(frame, colour)``: pixels of a saturated actor colour (tests, oracle checks).
-* ``hold_still(truth, {actor_id: t}, t0, t1)``: the same scene with those actors standing
-  still over [t0, t1), their events rewritten (loiter / park / stop by where they stand).
+* ``hold_still(truth, {actor_id: t}, t0, t1, rng)``: the same scene with those actors standing
+  still over [t0, t1) (people shuffling, with an rng), their events rewritten (loiter / park /
+  stop by where they stand).
 * ``EventSpec.parse("black_person_drops_yellow_bag@60")``; ``random_specs(rng, duration, n)``.
 * CLI: ``synth_app`` in ``ingest.synth.cli`` (``video``, ``truth``, ``frame``).
 """
