@@ -26,8 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from encoder_trt.modeling_umt import UMTEncoder
-from ingest.synth import body_centre
-from reasoner.tiny.data import Window, on_screen, sample_windows
+from reasoner.tiny.data import Window, body_patch, on_screen, sample_windows
 from reasoner.tiny.model import TinyConfig
 from reasoner.tiny.train import EVAL_SEED_BASE, TRAIN_SEED_BASE, clips_of
 
@@ -55,8 +54,7 @@ def motion_labels(w: Window, grid: int) -> tuple[np.ndarray, np.ndarray]:
             for i, t in enumerate(clip):
                 if t not in seen:
                     continue
-                x, y = body_centre(tr.actor_kind, *tr.position(t), w.aspect)
-                j = i * per + min(grid - 1, int(y * grid)) * grid + min(grid - 1, int(x * grid))
+                j = i * per + body_patch(tr, t, w.aspect, grid)
                 labels[c, j], kinds[c, j] = label, KINDS.index(tr.actor_kind)
     return labels, kinds
 

@@ -185,6 +185,15 @@ def clip_labels(w: Window) -> np.ndarray:
     return out
 
 
+def body_patch(track: Track, t: float, aspect: float, grid: int) -> int:
+    """Index (row * grid + column) of the patch holding `track`'s body at time t, in a frame
+    squashed from a camera of width / height `aspect` to grid x grid patches."""
+    x, y = body_centre(track.actor_kind, *track.position(t), aspect)
+    gx = min(grid - 1, max(0, int(x * grid)))
+    gy = min(grid - 1, max(0, int(y * grid)))
+    return gy * grid + gx
+
+
 def token_labels(w: Window, grid: int) -> np.ndarray:
     """(n_clips, 4*grid*grid, AUX_LABELS) float32 per-patch targets for the encoder before
     ToMe: the patch holding each actor's body in each frame is labelled with the actor's
@@ -210,10 +219,7 @@ def token_labels(w: Window, grid: int) -> np.ndarray:
             for i, t in enumerate(ts):
                 if not on_screen(tr, t):
                     continue
-                x, y = body_centre(tr.actor_kind, *tr.position(t), w.aspect)
-                gx = min(grid - 1, max(0, int(x * grid)))
-                gy = min(grid - 1, max(0, int(y * grid)))
-                out[c, i * per_frame + gy * grid + gx, labels] = 1.0
+                out[c, i * per_frame + body_patch(tr, t, w.aspect, grid), labels] = 1.0
     return out
 
 
