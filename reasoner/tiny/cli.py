@@ -104,6 +104,13 @@ def train_cmd(
     renders: Annotated[
         str, typer.Option(help="Camera sizes WxH, comma-separated; scenes cycle through them.")
     ] = "160x120,320x240",
+    per_question_loss: Annotated[
+        bool,
+        typer.Option(
+            help="Weigh every question the same, not every answer token (long explain "
+            "answers otherwise outweigh the yes/no ones)."
+        ),
+    ] = False,
 ) -> None:
     """Train encoder + projector + LLM end to end and export a VideoChat-Flash directory."""
     from ingest.synth.cli import frame_size
@@ -117,6 +124,7 @@ def train_cmd(
         stage=stage, compact=compact, freeze_llm_steps=freeze_llm_steps,
         distill_weight=distill_weight, focus=focus, explain_share=explain_share,
         event_yes=event_yes, token_weight=token_weight, still_share=still_share,
+        per_question_loss=per_question_loss,
         renders=tuple(frame_size(r.strip()) for r in renders.split(",") if r.strip()),
         config=TinyConfig(hidden_size=hidden, num_layers=layers, num_heads=heads,
                           num_kv_heads=kv_heads, intermediate_size=2 * hidden,

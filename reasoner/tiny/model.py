@@ -148,6 +148,9 @@ class TinyVideoChat(nn.Module):
         self.oracle = False  # stage 1: read oracle tokens instead of pixels (see `oracle`)
         self.compact = False  # oracle tokens without the filler (`oracle.compact_block`)
         self.filler_id = 0
+        # False: every answer token weighs the same (long answers dominate the loss); True:
+        # every question does (`answer_weights`).
+        self.per_question = False
         qwen2_init(self.llm, config.init_std)
         qwen2_init(self.projector, config.init_std)
 
@@ -244,7 +247,11 @@ class TinyVideoChat(nn.Module):
             logits.append(lg)
             targets.append(tg)
         logit, target = torch.cat(logits), torch.cat(targets)
-        return F.cross_entropy(logit, target), logit.argmax(-1), target
+        if not self.per_question:
+            return F.cross_entropy(logit, target), logit.argmax(-1), target
+        weight = answer_weights(batch.n_answer).to(logit.device)
+        per_token = F.cross_entropy(logit, target, reduction="none")
+        return (per_token * weight).sum() / weight.sum(), logit.argmax(-1), target
 
     def early_loss(self) -> Tensor | None:
         """Cross-entropy of the deep-supervision positions of the last `loss` call."""
@@ -252,6 +259,15 @@ class TinyVideoChat(nn.Module):
             return None
         logit = torch.cat([lg for lg, _ in self.early_logits])
         return F.cross_entropy(logit, torch.cat([tg for _, tg in self.early_logits]))
+
+
+def answer_weights(n_answer: Sequence[Sequence[int]]) -> Tensor:
+    """Per supervised token, 1/n for a question whose answer has n tokens (answer order of
+    `window_logits`: window by window, question by question), so each question weighs the
+    same. Why: with plain token-mean, a quarter of "Explain briefly." questions (answers
+    of ~8 tokens against 2 for "Yes"/"No") made half the loss, and yes/no accuracy fell
+    3 points while the reasons were learnt (BENCHMARKS.md, stop 20)."""
+    return torch.tensor([1.0 / n for per_window in n_answer for n in per_window for _ in range(n)])
 
 
 # ----------------------------------------------------------------------------- export

@@ -98,6 +98,7 @@ class TrainOptions:
     explain_share: float = 0.0  # share of "explain" questions (alert reasons), see data
     event_yes: float = 0.0  # event questions about an event the window shows (`data._event_pick`)
     still_share: float = 0.0  # training windows with actors held still (`data.held_still`)
+    per_question_loss: bool = False  # each question weighs the same (`model.answer_weights`)
     config: TinyConfig = field(default_factory=TinyConfig)  # ignored with `init` (its own)
 
 
@@ -282,6 +283,7 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
     model = TinyVideoChat(config)
     model.oracle = opts.stage == "oracle"
     model.compact = opts.compact
+    model.per_question = opts.per_question_loss
     model.filler_id = int(tok.convert_tokens_to_ids("<|endoftext|>"))
     if opts.init is not None:
         load_exported(model, opts.init)
@@ -388,6 +390,7 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
             "still_share": opts.still_share,
             "token_weight": opts.token_weight,
             "explain_share": opts.explain_share,
+            "per_question_loss": opts.per_question_loss,
         },
         "history": history[-40:],
     }

@@ -151,3 +151,35 @@ def test_per_patch_labels_train_the_encoder_before_token_merging(tok: Any) -> No
 def test_per_patch_label_weight_is_checked(stage: str, weight: float, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         train(TrainOptions(stage=stage, token_weight=weight, steps=1, config=SMALL), "/nonexistent")
+
+
+def test_per_question_loss_weighs_each_question_the_same(tok: Any) -> None:
+    """With `per_question`, the loss over a window's questions is the mean of each
+    question's own token-mean loss (a long explain answer counts once, like "Yes"); the
+    plain token mean differs when answers differ in length."""
+    import torch
+
+    from reasoner.tiny.data import FOCUS_WEIGHTS, questions_for, sample_windows, with_explain
+    from reasoner.tiny.model import TinyVideoChat
+    from reasoner.tiny.train import make_batch
+
+    torch.manual_seed(0)
+    model = TinyVideoChat(SMALL).eval()
+    window = sample_windows(12, 1, SMALL.image_size, clips=(1, 2))[0]
+    qas = questions_for(window, np.random.default_rng(3), 6, with_explain(FOCUS_WEIGHTS, 0.5))
+    batch = make_batch(tok, [window], [qas])
+    assert len(set(batch.n_answer[0])) > 1, batch.n_answer  # answers of different lengths
+    with torch.no_grad():
+        one_by_one = [float(model.loss(make_batch(tok, [window], [[qa]]))[0]) for qa in qas]
+        token_mean = float(model.loss(batch)[0])
+        model.per_question = True
+        per_question = float(model.loss(batch)[0])
+    assert per_question == pytest.approx(float(np.mean(one_by_one)), rel=1e-4)
+    assert abs(per_question - token_mean) > 1e-3
+
+
+def test_answer_weights_give_every_question_a_total_of_one() -> None:
+    from reasoner.tiny.model import answer_weights
+
+    w = answer_weights([[2, 4], [1]])
+    assert w.tolist() == pytest.approx([0.5, 0.5, 0.25, 0.25, 0.25, 0.25, 1.0])
