@@ -391,6 +391,7 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
             "token_weight": opts.token_weight,
             "explain_share": opts.explain_share,
             "per_question_loss": opts.per_question_loss,
+            "freeze_llm_steps": opts.freeze_llm_steps,
         },
         "history": history[-40:],
     }
