@@ -314,28 +314,33 @@ def onset_windows(
     floor: float = ONSET_FLOOR,
     margin: float = ONSET_MARGIN,
 ) -> list[int]:
-    """Move each kept window that lies inside a longer event (the window after it is relevant
-    too) back over the windows just before it (same run, i.e. adjacent in time) that are
-    relevant and score within `margin` of it; returned in temporal order.
+    """Move each kept window that lies inside a longer event back over the windows just
+    before it (same run, i.e. adjacent in time) that are relevant and score within `margin`
+    of it; returned in temporal order. A window lies inside a longer event when the window
+    after it is relevant too, or when the two before it are (the event ends in it).
 
     Why: an event that lasts longer than a window (a car parked for a minute) makes every
-    window it covers about equally relevant, and the top score then falls on any of them;
-    "when did it park?" asks for the first one, where the event begins. A window with
-    nothing relevant after it is kept: a short event (a 20 s parking) is relevant in its own
-    window and at most in the one before (the car driving in), which is not where it began.
-    A clearly better window (more than `margin`) is kept as well.
+    window it covers about equally relevant, and the top score then falls on any of them,
+    the last included; "when did it park?" asks for the first one, where the event begins.
+    A window with at most one relevant window before and none after is kept: a short event
+    (a 20 s parking) is relevant in its own window and at most in the one before (the car
+    driving in), which is not where it began. A clearly better window (more than `margin`)
+    is kept as well.
     """
+
+    def close(j: int, i: int) -> bool:  # window j is as relevant as kept window i, same run
+        return (
+            0 <= j < len(scores)
+            and runs[j] == runs[i]
+            and scores[j] >= max(floor, scores[i] - margin)
+        )
+
     out = set()
     for i in keep:
         j = i
-        inside = i + 1 < len(scores) and runs[i + 1] == runs[i] and scores[i + 1] >= floor
-        while (
-            inside
-            and j > 0
-            and runs[j - 1] == runs[i]
-            and j - 1 not in keep
-            and scores[j - 1] >= max(floor, scores[i] - margin)
-        ):
+        after = i + 1 < len(scores) and runs[i + 1] == runs[i] and scores[i + 1] >= floor
+        ends_here = close(i - 1, i) and close(i - 2, i) and not {i - 1, i - 2} & set(keep)
+        while (after or ends_here) and j > 0 and j - 1 not in keep and close(j - 1, i):
             j -= 1
         out.add(j)
     return sorted(out)

@@ -142,9 +142,14 @@ def test_onset_windows_start_where_a_long_event_begins() -> None:
     # a car parked over windows 1-3, the top score on window 2: answer from window 1
     assert onset_windows([0.0, 0.51, 0.61, 0.54, 0.1], [2], runs) == [1]
     assert onset_windows([0.6, 0.7, 0.75, 0.6, 0.0], [2], runs) == [0]  # the whole run back
-    # a short event (nothing relevant after the top window) stays: the window before it shows
-    # the car driving in, not the parking
+    # the top score on the last window of a run of three (the car parked at 43-110 s, 32 s
+    # windows; the demo's scores): the event ends there and began two windows back
+    assert onset_windows([0.01, 0.83, 0.81, 0.88, 0.01], [3], runs) == [1]
+    assert onset_windows([0.01, 0.83, 0.6, 0.88, 0.01], [3], runs) == [3]  # one clearly lower
+    # a short event (nothing relevant after the top window, one window before) stays: the
+    # window before it shows the car driving in, not the parking
     assert onset_windows([0.0, 0.51, 0.61, 0.1, 0.0], [2], runs) == [2]
+    assert onset_windows([0.0, 0.0, 0.51, 0.61, 0.1], [3], runs) == [3]
     # a clearly better window stays; so does one whose neighbour is not relevant at all
     assert onset_windows([0.0, 0.55, 0.9, 0.6, 0.0], [2], runs) == [2]
     assert onset_windows([0.0, 0.45, 0.5, 0.6, 0.0], [2], runs) == [2]
