@@ -29,8 +29,9 @@ Ownership (PostgreSQL registry, `PgShardLeadership`):
 * Partitions: the lock connection asks the server to probe the client (TCP keepalives and
   `tcp_user_timeout`, about `6 × poll_s` in all), so a partitioned replica's locks are freed
   server-side only after its local lease (`3 × poll_s`) has already stopped it. A cleanly
-  killed process (socket closed) is released immediately: failover is then at most one
-  `poll_s` of the standby.
+  killed process (socket closed) is released as soon as the server notices: failover is then
+  at most one `poll_s` of the standby. `stop()` unlocks everything before closing, so a
+  standby's very next poll takes the shards.
 
 What remains: a window whose reasoner call is in flight when ownership goes may still reach
 its commit. The scheduler commits under `guard(camera_id)`, which re-checks ownership while
@@ -327,6 +328,14 @@ class PgShardLeadership:
             self._changed("released" if why == "stopping" else "lost", lost, why)
         conn, self._conn = self._conn, None
         self._members = 0
+        if conn is not None and why == "stopping":
+            # A closed socket frees the locks only once the server's backend notices it, a
+            # moment later; a standby polling at once would still see them taken and wait a
+            # whole poll_s. Unlocking first makes a clean stop a hand-over at the next poll.
+            try:
+                conn.execute(sa.text("SELECT pg_advisory_unlock_all()"))
+            except Exception as exc:  # broken already: closing frees them anyway
+                log.debug("unlocking before stop: %s", safe_error(exc))
         if conn is not None:
             try:
                 conn.invalidate()  # the socket is closed: the server frees every lock

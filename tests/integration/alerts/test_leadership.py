@@ -134,6 +134,22 @@ def test_lost_connection_hands_shards_to_the_survivor(
     wait_for(lambda: b.owned() == frozenset(range(8)), 5 * POLL + 1.0)
 
 
+def test_a_clean_stop_hands_over_at_the_standbys_next_poll(
+    make_leader: Callable[..., PgShardLeadership],
+) -> None:
+    # Closing the socket alone frees the locks only when the server's backend notices, a
+    # moment later: a standby polling at once still saw them taken (1 run in 40 of the
+    # two-scheduler test below) and waited a whole poll_s. Repeated: the race was rare.
+    for _ in range(10):
+        a, b = make_leader(4, poll_s=60.0), make_leader(4, poll_s=60.0)
+        settle([a, b])
+        assert_partition([a, b], 4)
+        a.stop()
+        b.poll_once()
+        assert b.owned() == frozenset(range(4)) and b.members == 1
+        b.stop()
+
+
 def test_ownership_lapses_without_a_successful_poll(
     make_leader: Callable[..., PgShardLeadership],
 ) -> None:
@@ -211,7 +227,9 @@ def diagnose(engine: Engine, seen: Counter[tuple[int, float]], expected: set) ->
 # Failed once in a full CI run (2026-11-26): the window ending at T0+32 was never scored on
 # any camera (24, 40, 48, 56 were, none twice); it passes alone and with its file (10 runs).
 # Cause not found yet — it may be a real skipped-window bug, so look at alert_rule_state's
-# skip reasons when it fails.
+# skip reasons when it fails. Run 100 times alone under load (2026-12-06): one other
+# failure, b not owning every shard right after a.stop() (a stop freed its locks only when
+# the server noticed the closed socket; fixed, and tested above); window 32 never missed.
 @pytest.mark.unstable
 def test_two_schedulers_evaluate_each_window_exactly_once(
     engine: Engine, memory: RedisStore, make_leader: Callable[..., PgShardLeadership]
