@@ -111,6 +111,15 @@ def train_cmd(
             "answers otherwise outweigh the yes/no ones)."
         ),
     ] = False,
+    decoy: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Share of event questions asked about an actor of that kind and colour on "
+            "screen that does not do the event, where the window has one (evaluation: 0.3).",
+        ),
+    ] = 0.3,
 ) -> None:
     """Train encoder + projector + LLM end to end and export a VideoChat-Flash directory."""
     from ingest.synth.cli import frame_size
@@ -124,7 +133,7 @@ def train_cmd(
         stage=stage, compact=compact, freeze_llm_steps=freeze_llm_steps,
         distill_weight=distill_weight, focus=focus, explain_share=explain_share,
         event_yes=event_yes, token_weight=token_weight, still_share=still_share,
-        per_question_loss=per_question_loss,
+        per_question_loss=per_question_loss, decoy=decoy,
         renders=tuple(frame_size(r.strip()) for r in renders.split(",") if r.strip()),
         config=TinyConfig(hidden_size=hidden, num_layers=layers, num_heads=heads,
                           num_kv_heads=kv_heads, intermediate_size=2 * hidden,

@@ -356,7 +356,9 @@ def _event_subject(kind: str, colour: str | None) -> str:
 HARD_NEGATIVE = 0.3
 """Share of event questions asked about an actor on screen that does not do the event (a red
 car driving past for "Did a red car park?"): without them the model learns presence only and
-a rule about parking fires on every passing car of that colour."""
+a rule about parking fires on every passing car of that colour. Evaluation asks at this share;
+training may ask more (`decoy`; 0.6 in the video stage fixed most decoys and lost as much
+elsewhere: BENCHMARKS, stop 23)."""
 
 
 ANY_COLOUR = 0.15
@@ -364,7 +366,7 @@ ANY_COLOUR = 0.15
 
 
 def _event_pick(
-    w: Window, rng: np.random.Generator, yes_share: float = 0.0
+    w: Window, rng: np.random.Generator, yes_share: float = 0.0, decoy: float = HARD_NEGATIVE
 ) -> tuple[str, str | None, bool]:
     """(event kind, colour or None, answer) of one event question. With `yes_share` > 0 that
     share of the windows showing an event get a question about one of them (its kind drawn
@@ -380,7 +382,7 @@ def _event_pick(
     present = [e.colour for e in seen_events(w.truth, w.times, kind)]
     actor = EVENTS[kind][0]
     decoys = sorted({tr.colour for tr in seen_tracks(w.truth, w.times, actor)} - set(present))
-    if decoys and rng.random() < HARD_NEGATIVE:
+    if decoys and rng.random() < decoy:
         return kind, decoys[int(rng.integers(len(decoys)))], False
     colour: str | None = _pick_colour(rng, present, bool(rng.random() < 0.5))
     if rng.random() < ANY_COLOUR:
@@ -388,8 +390,10 @@ def _event_pick(
     return kind, colour, bool(seen_events(w.truth, w.times, kind, colour))
 
 
-def happened_qa(w: Window, rng: np.random.Generator, yes_share: float = 0.0) -> QA:
-    kind, colour, yes = _event_pick(w, rng, yes_share)
+def happened_qa(
+    w: Window, rng: np.random.Generator, yes_share: float = 0.0, decoy: float = HARD_NEGATIVE
+) -> QA:
+    kind, colour, yes = _event_pick(w, rng, yes_share, decoy)
     s = _event_subject(kind, colour)
     question, descs = EVENTS[kind][1], EVENTS[kind][2]
     if rng.random() < 0.5:
@@ -399,8 +403,10 @@ def happened_qa(w: Window, rng: np.random.Generator, yes_share: float = 0.0) -> 
     return QA("happened", text, _yes_no(yes), kind, colour)
 
 
-def relevance_qa(w: Window, rng: np.random.Generator, yes_share: float = 0.0) -> QA:
-    kind, colour, yes = _event_pick(w, rng, yes_share)
+def relevance_qa(
+    w: Window, rng: np.random.Generator, yes_share: float = 0.0, decoy: float = HARD_NEGATIVE
+) -> QA:
+    kind, colour, yes = _event_pick(w, rng, yes_share, decoy)
     s = _event_subject(kind, colour)
     if kind in WHEN_VERBS and rng.random() < 0.5:
         user = f"When did {s} {WHEN_VERBS[kind]}?"
@@ -524,13 +530,14 @@ def questions_for(
     n: int,
     weights: Sequence[float] = KIND_WEIGHTS,
     event_yes: float = 0.0,
+    decoy: float = HARD_NEGATIVE,
 ) -> list[QA]:
     """n questions of mixed kinds about one window (kinds without a valid question re-drawn);
     `event_yes`: see `_event_pick` (training only; evaluation asks the natural mix)."""
     makers: dict[str, Callable[[Window, np.random.Generator], QA | None]] = {
         "presence": presence_qa,
-        "happened": partial(happened_qa, yes_share=event_yes),
-        "relevance": partial(relevance_qa, yes_share=event_yes),
+        "happened": partial(happened_qa, yes_share=event_yes, decoy=decoy),
+        "relevance": partial(relevance_qa, yes_share=event_yes, decoy=decoy),
         "colour": colour_qa,
         "count": count_qa,
         "when": when_qa,

@@ -37,6 +37,7 @@ from reasoner.prompt import (
 from reasoner.tiny.data import (
     AUX_LABELS,
     FOCUS_WEIGHTS,
+    HARD_NEGATIVE,
     KIND_WEIGHTS,
     QA,
     RENDER_H,
@@ -96,6 +97,7 @@ class TrainOptions:
     compact: bool = False  # oracle stage: only the actor slots, no filler tokens
     focus: bool = False  # mostly presence / "did X happen" questions (`data.FOCUS_WEIGHTS`)
     explain_share: float = 0.0  # share of "explain" questions (alert reasons), see data
+    decoy: float = HARD_NEGATIVE  # event questions about an actor that does not do it
     event_yes: float = 0.0  # event questions about an event the window shows (`data._event_pick`)
     still_share: float = 0.0  # training windows with actors held still (`data.held_still`)
     per_question_loss: bool = False  # each question weighs the same (`model.answer_weights`)
@@ -316,7 +318,7 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
         if opts.explain_share > 0:  # 0 keeps the exact mix (and random stream) of before
             weights = with_explain(weights, opts.explain_share)
         qas = [
-            questions_for(w, rng, opts.questions_per_window, weights, opts.event_yes)
+            questions_for(w, rng, opts.questions_per_window, weights, opts.event_yes, opts.decoy)
             for w in windows
         ]
         batch = make_batch(
@@ -387,6 +389,7 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
             "scenes": opts.scenes,
             "focus": opts.focus,
             "event_yes": opts.event_yes,
+            "decoy": opts.decoy,
             "still_share": opts.still_share,
             "token_weight": opts.token_weight,
             "explain_share": opts.explain_share,

@@ -155,6 +155,28 @@ def test_event_questions_include_hard_negatives() -> None:
     assert len(hard) / len(qas) > 0.12
 
 
+def test_decoy_share_sets_how_often_an_on_screen_actor_that_does_not_do_it_is_asked() -> None:
+    """Training can ask about decoys more often than evaluation (0.3): a model that called
+    passing cars "stopped" learns the difference from more such questions; the default keeps
+    evaluation's questions exactly as they were."""
+    from reasoner.tiny.data import FOCUS_WEIGHTS, HARD_NEGATIVE, _event_pick
+
+    w = scripted_window()  # a red car parks; a person in blue crosses and drops a yellow bag
+    decoys = {("stop", "red"), ("loiter", "blue")}  # on screen, not doing it (a bag: no)
+
+    def share(decoy: float) -> float:
+        picks = [_event_pick(w, np.random.default_rng(i), decoy=decoy) for i in range(400)]
+        hard = [(k, c) for k, c, yes in picks if (k, c) in decoys and not yes]
+        return len(hard) / len(picks)
+
+    assert share(0.0) < 0.06  # chance alone
+    assert share(1.0) > 0.35  # every pick of stop or loiter (2 of 5 kinds), 40% expected
+    assert share(0.3) < share(0.6) < share(1.0)
+    a = questions_for(w, np.random.default_rng(7), 50, FOCUS_WEIGHTS)
+    b = questions_for(w, np.random.default_rng(7), 50, FOCUS_WEIGHTS, decoy=HARD_NEGATIVE)
+    assert a == b
+
+
 def test_clip_labels_mark_what_a_car_is_doing_not_only_that_it_is_there() -> None:
     from ingest.synth import COLOURS
     from reasoner.tiny.data import AUX_ACTORS, AUX_LABELS, EVENTS, clip_labels
