@@ -13,6 +13,11 @@ whether a yes/no error is the LLM's or the encoder's. `yes_no_groups` splits yes
 by question kind, topic (event or actor kind) and answer, and marks "decoy" No answers (an
 actor of the named colour and kind is on screen but does not do the event), where a model
 that checks colour and kind but not the action goes wrong.
+
+Held-out windows run to 64 frames. A checkpoint that declares a shorter trained prompt
+(`fw_max_frames`) is never sent longer ones by the reasoner, which scans in windows of that
+size, so `yes_no_within_max_frames` also reports yes/no accuracy on the windows within it:
+the regime the product runs the model in.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import torch
 from encoder_trt.checkpoint import load_clip_encoder
 from flashwatch.config import IngestConfig
 from reasoner.answers import mentioned_times
+from reasoner.engine import MAX_FRAMES_KEY
 from reasoner.loading import load_reasoner
 from reasoner.modeling_qwen2_flash import DropConfig
 from reasoner.projector import project_clips
@@ -105,6 +111,8 @@ def evaluate(
     stop = [int(tok.convert_tokens_to_ids("<|im_end|>"))]
     filler_id = int(tok.convert_tokens_to_ids("<|endoftext|>"))
     groups: dict[str, list[bool]] = defaultdict(list)
+    max_frames = loaded.config.get(MAX_FRAMES_KEY)
+    in_budget: list[bool] = []  # yes/no answers on windows the reasoner would send this model
     rng = np.random.default_rng([seed, 99])
     correct: dict[str, list[bool]] = defaultdict(list)
     when_err: list[float] = []
@@ -128,6 +136,8 @@ def evaluate(
                 right = (p > 0.5) == (qa.answer == "Yes")
                 correct[qa.kind].append(right)
                 groups[yes_no_group(qa, w)].append(right)
+                if max_frames is None or len(w.frames) <= max_frames:
+                    in_budget.append(right)
         for qa in qas:
             if qa.kind in YES_NO_KINDS:
                 continue
@@ -161,6 +171,11 @@ def evaluate(
         "accuracy": {k: round(float(np.mean(v)), 4) for k, v in sorted(correct.items())},
         "n": {k: len(v) for k, v in sorted(correct.items())},
         "yes_no_accuracy": round(float(np.mean(yes_no)), 4) if yes_no else None,
+        "yes_no_within_max_frames": {
+            "max_frames": max_frames,
+            "n": len(in_budget),
+            "accuracy": round(float(np.mean(in_budget)), 4) if in_budget else None,
+        },
         "yes_no_groups": {
             g: {"n": len(v), "accuracy": round(float(np.mean(v)), 4)}
             for g, v in sorted(groups.items())

@@ -66,6 +66,39 @@ def test_oracle_evaluation_reads_the_ground_truth_not_the_pixels(tmp_path: Path)
     assert sum(g["n"] for g in before["yes_no_groups"].values()) == n_yes_no > 0
 
 
+def test_yes_no_within_max_frames_counts_only_windows_the_reasoner_would_send(
+    tmp_path: Path,
+) -> None:
+    """`yes_no_within_max_frames` scores the windows no longer than config.json's
+    `fw_max_frames`: all of them when the cap is above every window (the same accuracy as
+    the whole set), none under a cap shorter than any window, all again without the key."""
+    import json
+
+    opts = TrainOptions(seed=0, steps=1, scenes=2, windows_per_scene=2, batch_windows=2,
+                        stage="oracle", compact=True, config=SMALL)  # fmt: skip
+    train(opts, tmp_path / "m")
+    cfg_path = tmp_path / "m" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+
+    def report_with(max_frames: int | None) -> dict[str, Any]:
+        edited = {k: v for k, v in cfg.items() if k != "fw_max_frames"}
+        if max_frames is not None:
+            edited["fw_max_frames"] = max_frames
+        cfg_path.write_text(json.dumps(edited))
+        return evaluate(tmp_path / "m", windows=4, questions=8, explain=False, oracle=True)
+
+    everything = report_with(10_000)
+    n_yes_no = sum(everything["n"].get(k, 0) for k in YES_NO_KINDS)
+    assert n_yes_no > 0
+    assert everything["yes_no_within_max_frames"] == {
+        "max_frames": 10_000, "n": n_yes_no, "accuracy": everything["yes_no_accuracy"],
+    }  # fmt: skip
+    assert report_with(3)["yes_no_within_max_frames"] == {
+        "max_frames": 3, "n": 0, "accuracy": None,
+    }  # fmt: skip
+    assert report_with(None)["yes_no_within_max_frames"]["n"] == n_yes_no
+
+
 def test_encoder_stage_trains_only_the_vision_side(tmp_path: Path) -> None:
     """The encoder stage (distillation onto the oracle tokens, no LLM pass) lowers the
     distillation loss and leaves every LLM tensor as it was."""
