@@ -243,31 +243,67 @@ def test_token_lifecycle(api: Api) -> None:
     assert api.client.get("/v1/tokens", headers=api.h("operator")).status_code == 403
 
 
+class StreamReader:
+    """Reads `want` alert events from the live SSE stream in a thread."""
+
+    def __init__(self, url: str, headers: dict[str, str], want: int) -> None:
+        self.got: list[dict[str, object]] = []
+        self.subscribed = threading.Event()
+        self._args = (url, headers, want)
+        self._thread = threading.Thread(target=self._read)
+        self._thread.start()
+
+    def _read(self) -> None:
+        url, headers, want = self._args
+        with httpx.stream("GET", url, headers=headers, timeout=10) as resp:
+            assert resp.status_code == 200
+            # The stream fixes where it starts before it answers: from here on, a new
+            # alert must arrive; one written before this point may rightly not.
+            self.subscribed.set()
+            for line in resp.iter_lines():
+                if line.startswith("data: "):
+                    self.got.append(json.loads(line[6:]))
+                    if len(self.got) == want:
+                        return
+
+    def ids(self) -> list[int]:
+        self._thread.join(10)
+        return [int(a["id"]) for a in self.got]  # type: ignore[call-overload]
+
+
 def test_alert_stream_over_real_http(api: Api) -> None:
     cam = api.camera()
     rule = api.rule("fence", [cam["id"]])
     with live_server(api.state) as base:
-        got: list[dict[str, object]] = []
+        reader = StreamReader(base + "/v1/alerts/stream", api.h("viewer"), want=2)
+        assert reader.subscribed.wait(10), "the alert stream never answered"
+        first = add_alert(api, rule["id"], cam["id"], 1)
+        second = add_alert(api, rule["id"], cam["id"], 2)
+        assert reader.ids() == [first.id, second.id]
+    assert [a["camera_id"] for a in reader.got] == [cam["id"], cam["id"]]
 
-        def reader() -> None:
-            with httpx.stream(
-                "GET", base + "/v1/alerts/stream", headers=api.h("viewer"), timeout=10
-            ) as resp:
-                assert resp.status_code == 200
-                for line in resp.iter_lines():
-                    if line.startswith("data: "):
-                        got.append(json.loads(line[6:]))
-                        if len(got) == 2:
-                            return
 
-        t = threading.Thread(target=reader)
-        t.start()
-        threading.Event().wait(0.5)
-        add_alert(api, rule["id"], cam["id"], 1)
-        add_alert(api, rule["id"], cam["id"], 2)
-        t.join(10)
-    assert [a["camera_id"] for a in got] == [cam["id"], cam["id"]]
-    assert got[0]["id"] < got[1]["id"]  # type: ignore[operator]
+def test_alert_stream_starts_at_now_and_resumes_from_last_event_id(api: Api) -> None:
+    cam = api.camera()
+    rule = api.rule("fence", [cam["id"]])
+    old = add_alert(api, rule["id"], cam["id"], 1)
+    url = "/v1/alerts/stream"
+    with live_server(api.state) as base:
+        fresh = StreamReader(base + url, api.h("viewer"), want=1)
+        assert fresh.subscribed.wait(10), "the alert stream never answered"
+        new = add_alert(api, rule["id"], cam["id"], 2)
+        assert fresh.ids() == [new.id]  # the alert from before subscribing is not replayed
+
+        backlog = StreamReader(base + url + "?after_id=0", api.h("viewer"), want=2)
+        assert backlog.ids() == [old.id, new.id]
+        resumed = StreamReader(
+            base + url, {**api.h("viewer"), "Last-Event-ID": str(old.id)}, want=1
+        )
+        assert resumed.ids() == [new.id]
+
+    bad = api.client.get(url, headers={**api.h("viewer"), "Last-Event-ID": "12; drop"})
+    assert bad.status_code == 422
+    assert "last-event-id" in bad.text
 
 
 def test_readiness_and_metrics(api: Api) -> None:
