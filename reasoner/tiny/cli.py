@@ -164,6 +164,13 @@ def eval_cmd(
             "perfect encoder."
         ),
     ] = False,
+    query_long: Annotated[
+        bool,
+        typer.Option(
+            help="Also ask the yes/no questions on windows longer than the model's "
+            "fw_max_frames through the query path (memory, scan and zoom), as a user would."
+        ),
+    ] = False,
 ) -> None:
     """Accuracy per question kind on held-out scene seeds, through the normal loaders."""
     from ingest.synth.cli import frame_size
@@ -183,6 +190,7 @@ def eval_cmd(
         render=(w, h),
         drop=drop_cfg,
         oracle=oracle,
+        query_long=query_long,
     )
     text = json.dumps(report, indent=2)
     if out is not None:

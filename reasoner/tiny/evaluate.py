@@ -17,7 +17,10 @@ that checks colour and kind but not the action goes wrong.
 Held-out windows run to 64 frames. A checkpoint that declares a shorter trained prompt
 (`fw_max_frames`) is never sent longer ones by the reasoner, which scans in windows of that
 size, so `yes_no_within_max_frames` also reports yes/no accuracy on the windows within it:
-the regime the product runs the model in.
+the regime the product runs the model in. `yes_no_beyond_max_frames` reports the longer
+windows, fed whole as above and (`query_long`) asked the way a user's question about such a
+window is answered: stored in memory and put through `LocalReasoner.query`, which scans and
+zooms within the budget (`reasoner.tiny.query_path`).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from reasoner.tiny.data import (
     seen_tracks,
 )
 from reasoner.tiny.oracle import clip_slots, oracle_block
+from reasoner.tiny.query_path import QueryPath
 from reasoner.tiny.train import EVAL_SEED_BASE, clips_of
 
 YES_NO_KINDS = ("presence", "happened", "relevance")
@@ -98,10 +102,13 @@ def evaluate(
     render: tuple[int, int] = (RENDER_W, RENDER_H),
     explain: bool = True,
     oracle: bool = False,
+    query_long: bool = False,
 ) -> dict[str, Any]:
     """Per-kind accuracy on `windows` held-out windows with `questions` questions each, and
     (`explain`) one alert-reason question per window: is its Yes/No right, is all of it.
-    `oracle`: ground-truth visual tokens instead of pixels (see the module docstring)."""
+    `oracle`: ground-truth visual tokens instead of pixels (see the module docstring).
+    `query_long`: also ask the yes/no questions on windows longer than `fw_max_frames`
+    through the query path (pixels only)."""
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     encoder, report = load_clip_encoder(model_dir)
@@ -113,6 +120,11 @@ def evaluate(
     groups: dict[str, list[bool]] = defaultdict(list)
     max_frames = loaded.config.get(MAX_FRAMES_KEY)
     in_budget: list[bool] = []  # yes/no answers on windows the reasoner would send this model
+    beyond: list[bool] = []  # the same on longer windows, fed whole
+    beyond_query: list[bool] = []  # the longer windows' questions through the query path
+    query_path = None
+    if query_long and max_frames is not None and not oracle:
+        query_path = QueryPath(model_dir, drop)
     rng = np.random.default_rng([seed, 99])
     correct: dict[str, list[bool]] = defaultdict(list)
     when_err: list[float] = []
@@ -125,9 +137,11 @@ def evaluate(
             if oracle:
                 visual, _ = oracle_block(llm.model.embed_tokens, clip_slots(w, tok), filler_id)
             else:
-                visual = project_clips(projector, encoder(clips_of(w)))  # (n*64, D)
+                tokens = encoder(clips_of(w))  # (n, 64, C)
+                visual = project_clips(projector, tokens)  # (n*64, D)
             seg = VideoSegment(visual, w.duration, len(w.frames))
         qas = questions_for(w, rng, questions)
+        longer = max_frames is not None and len(w.frames) > max_frames
         yn = [qa for qa in qas if qa.kind in YES_NO_KINDS]
         if yn:
             ri = build_rule_inputs(tok, llm.embed, [qa.question for qa in yn], [seg])
@@ -136,8 +150,12 @@ def evaluate(
                 right = (p > 0.5) == (qa.answer == "Yes")
                 correct[qa.kind].append(right)
                 groups[yes_no_group(qa, w)].append(right)
-                if max_frames is None or len(w.frames) <= max_frames:
-                    in_budget.append(right)
+                (beyond if longer else in_budget).append(right)
+            if longer and query_path is not None:
+                said = query_path.ask(w, tokens.numpy(), [qa.question for qa in yn])
+                beyond_query += [
+                    _verdict(a.answer) == qa.answer for a, qa in zip(said, yn, strict=True)
+                ]
         for qa in qas:
             if qa.kind in YES_NO_KINDS:
                 continue
@@ -159,6 +177,8 @@ def evaluate(
             explained.append((_verdict(answer) == _verdict(qa.answer), answer == qa.answer))
             if len(examples) < 14:
                 examples.append({"q": qa.question, "truth": qa.answer, "model": answer})
+    if query_path is not None:
+        query_path.close()
     yes_no = [c for k in YES_NO_KINDS for c in correct[k]]
     out: dict[str, Any] = {
         "model": str(model_dir),
@@ -175,6 +195,11 @@ def evaluate(
             "max_frames": max_frames,
             "n": len(in_budget),
             "accuracy": round(float(np.mean(in_budget)), 4) if in_budget else None,
+        },
+        "yes_no_beyond_max_frames": {
+            "n": len(beyond),
+            "accuracy": round(float(np.mean(beyond)), 4) if beyond else None,
+            "query_path": round(float(np.mean(beyond_query)), 4) if beyond_query else None,
         },
         "yes_no_groups": {
             g: {"n": len(v), "accuracy": round(float(np.mean(v)), 4)}

@@ -99,6 +99,42 @@ def test_yes_no_within_max_frames_counts_only_windows_the_reasoner_would_send(
     assert report_with(None)["yes_no_within_max_frames"]["n"] == n_yes_no
 
 
+def test_query_long_asks_the_longer_windows_through_the_reasoners_frame_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With `query_long`, every yes/no question on a window longer than `fw_max_frames` is
+    also asked through `LocalReasoner.query`, which answers from at most that many frames;
+    the questions on the shorter windows are not."""
+    import json
+
+    from reasoner.engine import LocalReasoner
+
+    opts = TrainOptions(seed=0, steps=1, scenes=2, windows_per_scene=2, batch_windows=2,
+                        stage="oracle", compact=True, config=SMALL)  # fmt: skip
+    train(opts, tmp_path / "m")
+    cfg_path = tmp_path / "m" / "config.json"
+    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "fw_max_frames": 24}))
+    asked: list[tuple[str, int]] = []
+    query = LocalReasoner.query
+
+    def spy(self: LocalReasoner, request: Any) -> Any:
+        answer = query(self, request)
+        asked.append((request.question, answer.frames))
+        return answer
+
+    monkeypatch.setattr(LocalReasoner, "query", spy)
+    report = evaluate(tmp_path / "m", windows=6, questions=8, explain=False, query_long=True)
+    beyond, within = report["yes_no_beyond_max_frames"], report["yes_no_within_max_frames"]
+    assert beyond["n"] > 0 and within["n"] > 0  # both kinds of window in the set
+    assert beyond["n"] + within["n"] == sum(report["n"].get(k, 0) for k in YES_NO_KINDS)
+    assert len(asked) == beyond["n"]
+    assert all(0 < frames <= 24 for _, frames in asked)
+    assert beyond["query_path"] is not None and 0.0 <= beyond["query_path"] <= 1.0
+    asked.clear()
+    plain = evaluate(tmp_path / "m", windows=6, questions=8, explain=False)
+    assert plain["yes_no_beyond_max_frames"]["query_path"] is None and not asked
+
+
 def test_encoder_stage_trains_only_the_vision_side(tmp_path: Path) -> None:
     """The encoder stage (distillation onto the oracle tokens, no LLM pass) lowers the
     distillation loss and leaves every LLM tensor as it was."""
