@@ -65,6 +65,14 @@ def train_cmd(
             "(which actor, doing what, is in each patch of each frame).",
         ),
     ] = 0.0,
+    apart_weight: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Encoder/video stage: weight of the loss that keeps an actor's body in two "
+            "frames of a clip apart on ToMe's metric when it moved between them.",
+        ),
+    ] = 0.0,
     hidden: Annotated[int, typer.Option(help="LLM hidden size (a new model only).")] = 256,
     layers: Annotated[int, typer.Option(help="LLM decoder layers (a new model only).")] = 4,
     heads: Annotated[int, typer.Option(help="LLM attention heads (a new model only).")] = 8,
@@ -133,6 +141,7 @@ def train_cmd(
         stage=stage, compact=compact, freeze_llm_steps=freeze_llm_steps,
         distill_weight=distill_weight, focus=focus, explain_share=explain_share,
         event_yes=event_yes, token_weight=token_weight, still_share=still_share,
+        apart_weight=apart_weight,
         per_question_loss=per_question_loss, decoy=decoy,
         renders=tuple(frame_size(r.strip()) for r in renders.split(",") if r.strip()),
         config=TinyConfig(hidden_size=hidden, num_layers=layers, num_heads=heads,

@@ -223,6 +223,35 @@ def token_labels(w: Window, grid: int) -> np.ndarray:
     return out
 
 
+def moved_pairs(w: Window, grid: int) -> np.ndarray:
+    """(K, 3) int64 rows (clip, patch a, patch b) in the encoder's (4*grid*grid) patch order
+    before ToMe: the patches holding one actor's body in two frames of a clip where it stands
+    in different patches (it moved between them).
+
+    Why: ToMe merges every token of a tiny clip (256 -> 128 -> 64, all even tokens each
+    step) into its most similar odd one, and a car's body in one frame is most like its body
+    in the next: 58 of 131 held-out clips of a car driving past ended with its four body
+    patches in one output token, the trajectory averaged away (BENCHMARKS.md, stop 25). These
+    pairs let training push such patches apart on the merge metric.
+    """
+    times = w.times
+    per_frame = grid * grid
+    rows: list[tuple[int, int, int]] = []
+    for c in range(len(times) // 4):
+        ts = times[4 * c : 4 * c + 4]
+        for tr in w.truth.tracks:
+            at = [
+                (i, body_patch(tr, t, w.aspect, grid)) for i, t in enumerate(ts) if on_screen(tr, t)
+            ]
+            rows += [
+                (c, i * per_frame + p, j * per_frame + q)
+                for n, (i, p) in enumerate(at)
+                for j, q in at[n + 1 :]
+                if p != q
+            ]
+    return np.array(rows, dtype=np.int64).reshape(-1, 3)
+
+
 def render_window(
     scene: Scene, t0: float, step: float, n_frames: int, size: int, jpeg: int | None = None
 ) -> np.ndarray:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from encoder_trt.checkpoint import ENCODER_PREFIX
 from encoder_trt.modeling_umt import UMTClipEncoder, UMTConfig
+from encoder_trt.tome import hd_metric
 from reasoner.modeling_qwen2_flash import (
     KV,
     DropConfig,
@@ -35,6 +36,11 @@ from reasoner.tiny.data import AUX_ACTOR_LABELS, FRAME_STEPS
 from reasoner.tiny.oracle import TOKENS_PER_CLIP, Slots, chamfer, compact_block, oracle_block
 
 IGNORE = -100
+APART_MARGIN = 0.8
+"""Cosine on ToMe's first merge metric above which an actor's body patches in two frames of a
+clip, between which it moved, are pushed apart (`apart_loss`, pairs from `data.moved_pairs`).
+Each even patch of a tiny clip has an odd match about 0.99 alike (the median), and a moving
+car's body in two frames is 0.95 alike: below 0.8 it loses to almost any other match."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,7 @@ class Batch:
     n_answer: list[list[int]]
     clip_labels: Tensor | None = None  # (C, A) auxiliary per-clip targets, training only
     token_labels: Tensor | None = None  # (C, 4*L, A) per-patch targets before ToMe, training only
+    moved_pairs: Tensor | None = None  # (K, 3) (clip, patch, patch): see `data.moved_pairs`
     slots: list[list[Slots]] | None = None  # per window, per clip: oracle slots (training only)
     # per window, per question: suffix positions [a, b) that also learn to predict the first
     # answer token (yes/no questions; training only, see `TinyVideoChat.window_logits`)
@@ -144,6 +151,7 @@ class TinyVideoChat(nn.Module):
         self.aux_loss: Tensor | None = None
         self.distill_loss: Tensor | None = None
         self.token_loss: Tensor | None = None
+        self.apart_loss: Tensor | None = None
         self.early_logits: list[tuple[Tensor, Tensor]] = []
         self.oracle = False  # stage 1: read oracle tokens instead of pixels (see `oracle`)
         self.compact = False  # oracle tokens without the filler (`oracle.compact_block`)
@@ -162,7 +170,7 @@ class TinyVideoChat(nn.Module):
         return [oracle_block(embed, slots, self.filler_id)[0] for slots in batch.slots]
 
     def visual_blocks(self, batch: Batch) -> list[Tensor]:
-        self.aux_loss = self.distill_loss = self.token_loss = None
+        self.aux_loss = self.distill_loss = self.token_loss = self.apart_loss = None
         if self.oracle:
             return self.oracle_blocks(batch)
         patches = self.vision.encoder(batch.pixels)  # (C, 4*L, M) before ToMe
@@ -171,6 +179,11 @@ class TinyVideoChat(nn.Module):
             self.token_loss = F.binary_cross_entropy_with_logits(
                 logits, batch.token_labels, pos_weight=torch.full_like(logits[0, 0], 10.0)
             )
+        if batch.moved_pairs is not None and len(batch.moved_pairs):
+            metric = F.normalize(hd_metric(patches, self.vision.config.tome_groups), dim=-1)
+            c, a, b = batch.moved_pairs.unbind(1)
+            cos = (metric[c, a] * metric[c, b]).sum(-1)  # (K,)
+            self.apart_loss = F.relu(cos - APART_MARGIN).mean()
         feats = self.vision.merge(patches, batch.pixels.shape[1])  # (C, 64, M)
         if batch.clip_labels is not None:
             aux = self.aux_head(feats).amax(dim=1)  # (C, A)

@@ -45,6 +45,7 @@ from reasoner.tiny.data import (
     Window,
     clip_labels,
     corpus_texts,
+    moved_pairs,
     questions_for,
     sample_windows,
     token_labels,
@@ -92,6 +93,7 @@ class TrainOptions:
     stage: str = "video"  # "oracle": symbolic visual tokens (see `oracle`); "video": pixels
     distill_weight: float = 1.0  # video stage: pull projected tokens onto the oracle tokens
     token_weight: float = 0.0  # encoder/video stage: per-patch labels (data.token_labels)
+    apart_weight: float = 0.0  # encoder/video stage: keep a moving actor's frames apart in ToMe
     freeze_llm_steps: int = 0  # video stage: train only encoder + projector at first
     early_weight: float = 0.0  # deep supervision of yes/no question tokens (see model)
     compact: bool = False  # oracle stage: only the actor slots, no filler tokens
@@ -145,9 +147,11 @@ def make_batch(
     slots: bool = False,
     early: bool = False,
     grid: int | None = None,
+    moved_grid: int | None = None,
 ) -> Batch:
     """Teacher-forced questions over `windows`; `grid` (patches per side) adds per-patch
-    encoder targets (`data.token_labels`)."""
+    encoder targets (`data.token_labels`), `moved_grid` the pairs of patches that hold a
+    moving actor in two frames of a clip (`data.moved_pairs`)."""
     pixels, ranges, prefixes, suffixes, n_answer = [], [], [], [], []
     shared: list[list[int]] = []
     spans: list[list[tuple[int, int] | None]] = []
@@ -186,6 +190,13 @@ def make_batch(
         batch.token_labels = torch.from_numpy(
             np.concatenate([token_labels(w, grid) for w in windows])
         )
+    if moved_grid is not None:
+        pairs = []
+        for w, (a, _) in zip(windows, ranges, strict=True):
+            rows = moved_pairs(w, moved_grid)
+            rows[:, 0] += a
+            pairs.append(rows)
+        batch.moved_pairs = torch.from_numpy(np.concatenate(pairs))
     batch.slots = [clip_slots(w, tok) for w in windows] if slots else None
     batch.early = spans if early else None
     batch.shared_ids = shared
@@ -253,6 +264,10 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
         raise ValueError(f"token_weight must be >= 0, got {opts.token_weight}")
     if opts.token_weight > 0 and opts.stage == "oracle":
         raise ValueError("token_weight trains the encoder: use it in the encoder or video stage")
+    if opts.apart_weight < 0:
+        raise ValueError(f"apart_weight must be >= 0, got {opts.apart_weight}")
+    if opts.apart_weight > 0 and opts.stage == "oracle":
+        raise ValueError("apart_weight trains the encoder: use it in the encoder or video stage")
     if not 0.0 <= opts.event_yes <= 1.0:
         raise ValueError(f"event_yes must be in [0, 1], got {opts.event_yes}")
     if not 0.0 <= opts.still_share <= 1.0:
@@ -300,6 +315,7 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
     t_train = time.perf_counter()
     step, history = 0, []
     ema_loss, ema_acc, ema_aux = None, None, None
+    ema_apart: float | None = None
     # Diagnostic: yes/no answer accuracy against always answering the majority ("No").
     yes_no = torch.tensor([answer_ids(tok, "Yes")[0], answer_ids(tok, "No")[0]])
     yn_hits, yn_no, yn_total = 0, 0, 0
@@ -325,6 +341,7 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
             tok, windows, qas, aux=video and opts.aux_weight > 0, pixels_too=video, slots=not video
             or distill, early=opts.early_weight > 0,
             grid=config.image_size // config.patch_size if opts.token_weight > 0 else None,
+            moved_grid=config.image_size // config.patch_size if opts.apart_weight > 0 else None,
         )  # fmt: skip
         frozen = encoder_only or (video and step < opts.freeze_llm_steps)
         for p in model.llm.parameters():
@@ -342,6 +359,8 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
             total = total + opts.distill_weight * model.distill_loss
         if model.token_loss is not None:
             total = total + opts.token_weight * model.token_loss
+        if model.apart_loss is not None:
+            total = total + opts.apart_weight * model.apart_loss
         early_loss = model.early_loss()
         if early_loss is not None:
             total = total + opts.early_weight * early_loss
@@ -361,16 +380,23 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
         ema_aux = aux_value if ema_aux is None else 0.95 * ema_aux + 0.05 * aux_value
         ema_loss = value if ema_loss is None else 0.95 * ema_loss + 0.05 * value
         ema_acc = acc if ema_acc is None else 0.95 * ema_acc + 0.05 * acc
+        if model.apart_loss is not None:
+            apart = float(model.apart_loss.detach())
+            ema_apart = apart if ema_apart is None else 0.95 * ema_apart + 0.05 * apart
         step += 1
         if step % opts.log_every == 0:
             yn_acc, yn_base = yn_hits / max(yn_total, 1), yn_no / max(yn_total, 1)
             row = {"step": step, "loss": ema_loss, "token_acc": ema_acc, "aux": ema_aux,
                    "yes_no_acc": yn_acc, "yes_no_majority": max(yn_base, 1 - yn_base)}  # fmt: skip
+            if ema_apart is not None:
+                row["apart"] = ema_apart
             history.append({k: round(float(v or 0.0), 4) for k, v in row.items()})
             log.info("step %d loss %.4f token-acc %.3f yes/no %.3f (majority %.3f) aux %.4f "
                      "lr %.2e %.0f s", step, ema_loss, ema_acc, yn_acc, row["yes_no_majority"],
                      ema_aux, optim.param_groups[0]["lr"],
                      time.perf_counter() - t_start)  # fmt: skip
+            if ema_apart is not None:
+                log.info("step %d apart %.4f", step, ema_apart)
             yn_hits, yn_no, yn_total = 0, 0, 0
     train_s = time.perf_counter() - t_train
     summary = {
@@ -392,6 +418,7 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
             "decoy": opts.decoy,
             "still_share": opts.still_share,
             "token_weight": opts.token_weight,
+            "apart_weight": opts.apart_weight,
             "explain_share": opts.explain_share,
             "per_question_loss": opts.per_question_loss,
             "freeze_llm_steps": opts.freeze_llm_steps,

@@ -369,3 +369,43 @@ def test_still_share_holds_actors_still_in_that_share_of_windows_and_zero_change
     assert held_cars
     with pytest.raises(ValueError, match="still_share"):
         sample_windows(11, 1, 64, still_share=1.5)
+
+
+def test_moved_pairs_link_a_moving_actors_body_across_frames_and_leave_a_parked_one_out() -> None:
+    """A blue car driving past yields a pair for every two frames where its body sits in
+    different patches, pointing at those very patches (the ones `token_labels` marks); a red
+    car standing in its bay yields none."""
+    from reasoner.tiny.data import moved_pairs, token_labels
+
+    def spec(*events: str) -> SceneSpec:
+        return SceneSpec(seed=5, duration=120.0, events=events, width=160, height=120,
+                         people_per_min=0.0, cars_per_min=0.0)  # fmt: skip
+
+    scene = Scene.from_spec(spec("red_car_parks@4+40", "blue_car_crosses@70"))
+    park = next(e for e in scene.truth.events if e.kind == "park")
+    cross = next(e for e in scene.truth.events if e.kind == "cross")
+    grid, per_frame = 8, 64
+
+    def window(t0: float) -> Window:
+        return Window(5, t0, 1.0, render_window(scene, t0, 1.0, 8, 64), scene.truth)
+
+    parked = window(park.t_start + 2.0)
+    assert moved_pairs(parked, grid).shape == (0, 3)
+
+    driving = window(cross.t_start + 1.5)
+    pairs = moved_pairs(driving, grid)
+    body = token_labels(driving, grid).any(axis=-1)  # (clips, 4*L): the patches with a body
+    seen = {
+        (c, i): int(np.flatnonzero(body[c, i * per_frame : (i + 1) * per_frame])[0])
+        for c in range(2)
+        for i in range(4)
+        if body[c, i * per_frame : (i + 1) * per_frame].any()
+    }
+    expected = {
+        (c, i * per_frame + seen[c, i], j * per_frame + seen[c, j])
+        for (c, i) in seen
+        for (d, j) in seen
+        if d == c and j > i and seen[c, i] != seen[c, j]
+    }
+    assert len(expected) >= 4  # it moves within both clips
+    assert {tuple(int(v) for v in row) for row in pairs} == expected
