@@ -135,19 +135,24 @@ def test_query_long_asks_the_longer_windows_through_the_reasoners_frame_budget(
     assert plain["yes_no_beyond_max_frames"]["query_path"] is None and not asked
 
 
+def encoder_stage_from_a_small_model(tmp_path: Path) -> TrainOptions:
+    """Trains a small oracle-stage model into tmp_path/m0; returns 40 encoder-stage steps
+    from it (what the encoder-stage tests continue with)."""
+    base = TrainOptions(seed=0, steps=2, scenes=2, windows_per_scene=2, batch_windows=2,
+                        stage="oracle", compact=True, config=SMALL)  # fmt: skip
+    train(base, tmp_path / "m0")
+    return TrainOptions(
+        seed=1, steps=40, scenes=3, windows_per_scene=2, batch_windows=2, lr=3e-3, warmup=5,
+        log_every=5, stage="encoder", distill_weight=30.0, init=tmp_path / "m0",
+    )  # fmt: skip
+
+
 def test_encoder_stage_trains_only_the_vision_side(tmp_path: Path) -> None:
     """The encoder stage (distillation onto the oracle tokens, no LLM pass) lowers the
     distillation loss and leaves every LLM tensor as it was."""
     from safetensors.torch import load_file
 
-    base = TrainOptions(seed=0, steps=2, scenes=2, windows_per_scene=2, batch_windows=2,
-                        stage="oracle", compact=True, config=SMALL)  # fmt: skip
-    train(base, tmp_path / "m0")
-    opts = TrainOptions(
-        seed=1, steps=40, scenes=3, windows_per_scene=2, batch_windows=2, lr=3e-3, warmup=5,
-        log_every=5, stage="encoder", distill_weight=30.0, init=tmp_path / "m0",
-    )  # fmt: skip
-    summary = train(opts, tmp_path / "m1")
+    summary = train(encoder_stage_from_a_small_model(tmp_path), tmp_path / "m1")
     distill = [h["aux"] for h in summary["history"]]
     assert distill[-1] < 0.7 * distill[0], distill
     before, after = (
@@ -166,20 +171,13 @@ def test_apart_weight_pulls_a_moving_actors_frames_apart_on_the_merge_metric(
     """With `apart_weight`, the encoder stage lowers the apart loss (the cosine above
     `APART_MARGIN` between an actor's body patches in frames where it moved); without it
     no such loss is computed."""
-    base = TrainOptions(seed=0, steps=1, scenes=2, windows_per_scene=2, batch_windows=2,
-                        stage="oracle", compact=True, config=SMALL)  # fmt: skip
-    train(base, tmp_path / "m0")
-    opts = TrainOptions(
-        seed=1, steps=40, scenes=3, windows_per_scene=2, batch_windows=2, lr=3e-3, warmup=5,
-        log_every=5, stage="encoder", distill_weight=30.0, init=tmp_path / "m0",
-        apart_weight=10.0,
-    )  # fmt: skip
+    opts = replace(encoder_stage_from_a_small_model(tmp_path), apart_weight=10.0)
     apart = [h["apart"] for h in train(opts, tmp_path / "m1")["history"]]
     assert apart[0] > 0.05 and apart[-1] < 0.7 * apart[0], apart
     plain = train(replace(opts, apart_weight=0.0), tmp_path / "m2")
     assert all("apart" not in h for h in plain["history"])
     with pytest.raises(ValueError, match="apart_weight"):
-        train(replace(base, apart_weight=1.0), tmp_path / "m3")
+        train(replace(opts, stage="oracle", apart_weight=1.0), tmp_path / "m3")
 
 
 def test_continued_training_keeps_the_init_tokenizer(
