@@ -46,8 +46,8 @@ from memory.codec import encode_tokens
 from memory.store import MemoryStore
 from reasoner.engine import LocalReasoner
 from reasoner.tiny.evaluate import INGEST_JPEG_QUALITY, evaluate
+from reasoner.tiny.query_path import EPOCH0
 
-EPOCH0 = 1_780_000_000.0  # wall-clock time of every synthetic stream's first frame
 RULE = "a red car is parked"
 
 

@@ -25,7 +25,8 @@ from reasoner.modeling_qwen2_flash import DropConfig
 from reasoner.tiny.data import Window
 
 EPOCH0 = 1_780_000_000.0
-"""Wall-clock time of scene time 0: memory keys clips by wall-clock seconds."""
+"""Wall-clock time of scene time 0 (memory keys clips by wall-clock seconds); `bench.accuracy`
+stores its synthetic streams from here too."""
 
 
 class QueryPath:
