@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 
 from flashwatch.api import create_app
+from flashwatch.api.serving import ApiServer
 from flashwatch.config import Settings, load_settings
 from flashwatch.pipeline import Pipeline
 from flashwatch.runtime import BUNDLED_MODEL, build_state, ensure_admin_token, with_bundled_model
@@ -128,11 +128,7 @@ def running(settings: Settings) -> Iterator[tuple[str, str, Pipeline]]:
         why = "; ".join(f"{r}: {pipeline.skipped.get(r, '?')}" for r in missing)
         raise RuntimeError(f"roles did not start: {why}")
     cfg = settings.api
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(state), host=cfg.host, port=cfg.port, log_config=None, access_log=False
-        )
-    )
+    server = ApiServer(create_app(state), host=cfg.host, port=cfg.port, closing=state.closing)
     thread = threading.Thread(target=server.run, name="demo-api", daemon=True)
     thread.start()
     base = f"http://{cfg.host}:{cfg.port}"

@@ -13,12 +13,12 @@ import signal
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from sqlmodel import Session, select
 
 from flashwatch import registry
 from flashwatch.api import create_app
 from flashwatch.api.deps import AppState
+from flashwatch.api.serving import ApiServer
 from flashwatch.config import Settings
 from flashwatch.db.engine import create_db_engine, upgrade
 from flashwatch.db.models import ApiToken
@@ -121,14 +121,12 @@ def serve(settings: Settings, roles: tuple[str, ...] = ROLES) -> None:
         # process exits 0 instead of dying by the signal.
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: None)
-        uvicorn.run(
+        ApiServer(
             _role_app(state, pipeline, roles),
             host=settings.api.host,
             port=settings.api.port,
-            log_config=None,
-            access_log=False,
-            server_header=False,
-        )
+            closing=state.closing,
+        ).run()
     finally:
         pipeline.stop()
 

@@ -12,18 +12,20 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
 from flashwatch import registry
 from flashwatch.api import create_app
 from flashwatch.api.deps import AppState
+from flashwatch.api.serving import ApiServer
 from flashwatch.config import Settings, load_settings
+from flashwatch.db.models import Alert
 from flashwatch.runtime import build_state
 from tests import services
 
@@ -93,12 +95,13 @@ def fresh_db(kind: str, tmp_path: Path, pg_server_url: str | None) -> Iterator[s
 
 
 @contextmanager
-def serve_app(app: Any) -> Iterator[str]:
-    """Serve any ASGI app over real HTTP on a free loopback port; yields the base URL once
-    its /v1/health answers."""
-    port = services.free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
-    server = uvicorn.Server(config)
+def serve_app(
+    app: Any, port: int | None = None, closing: threading.Event | None = None
+) -> Iterator[str]:
+    """Serve any ASGI app over real HTTP on loopback (`port`, or a free one) in the server
+    `flashwatch serve` uses; yields the base URL once its /v1/health answers."""
+    port = port or services.free_port()
+    server = ApiServer(app, host="127.0.0.1", port=port, closing=closing)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
@@ -117,7 +120,29 @@ def serve_app(app: Any) -> Iterator[str]:
 
 
 @contextmanager
-def live_server(state: AppState) -> Iterator[str]:
+def live_server(state: AppState, port: int | None = None) -> Iterator[str]:
     """The FlashWatch API of `state` over real HTTP."""
-    with serve_app(create_app(state)) as base:
+    with serve_app(create_app(state), port, state.closing) as base:
         yield base
+
+
+def add_alert(api: Api, rule_id: int, camera_id: int, n: int, **fields: object) -> Alert:
+    """Writes alert number `n` of a rule on a camera straight to the registry, as the
+    alerts role does."""
+    now = datetime.now(UTC)
+    alert = Alert(
+        dedup_key=f"{rule_id}:{camera_id}:{n}",
+        rule_id=rule_id,
+        camera_id=camera_id,
+        window_start=now - timedelta(seconds=64),
+        window_end=now,
+        score=0.9,
+        reason="a person is on the fence",
+        evidence=[now.timestamp() - 10],
+        thumbnail=b"\xff\xd8jpeg",
+        **fields,  # type: ignore[arg-type]
+    )
+    with Session(api.state.engine, expire_on_commit=False) as s:
+        s.add(alert)
+        s.commit()
+    return alert

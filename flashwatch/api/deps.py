@@ -42,6 +42,8 @@ class AppState:
     ready_checks: dict[str, Callable[[], bool]] = field(default_factory=dict)
     metrics_registries: list[CollectorRegistry] = field(default_factory=list)
     query_slots: threading.BoundedSemaphore = field(init=False)
+    # Set when the server starts to stop: open alert streams end (`api.serving`).
+    closing: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         self.query_slots = threading.BoundedSemaphore(self.settings.api.max_concurrent_queries)

@@ -137,8 +137,10 @@ async def stream_alerts(
     async def events() -> AsyncIterator[bytes]:
         last = start
         idle = 0.0
-        yield b": connected\n\n"
-        while not await request.is_disconnected():
+        # The start position as the stream's first event id (an id with no data dispatches
+        # nothing): a client that loses the connection before any alert resumes from here.
+        yield f": connected\nid: {start}\n\n".encode()
+        while not state.closing.is_set() and not await request.is_disconnected():
             rows = await asyncio.to_thread(_newer, state, last, camera_id)
             for a in rows:
                 last = a.id or last

@@ -255,31 +255,38 @@ def register(
     def alerts_tail(
         camera: Annotated[int | None, typer.Option(help="Only this camera.")] = None,
         count: Annotated[int, typer.Option(help="Stop after this many (0: forever).")] = 0,
+        reconnect: Annotated[
+            bool,
+            typer.Option(
+                help="When the stream drops (an API restart), reconnect and resume after "
+                "the last alert seen, so none is missed."
+            ),
+        ] = True,
         url: UrlOpt = None,
         token: TokenOpt = None,
     ) -> None:
-        """Follow new alerts as they fire (one JSON object per line)."""
+        """Follow new alerts as they fire (one JSON object per line; notes on stderr)."""
+        from flashwatch.cli.follow import AlertFollower, StreamRefused
+
         base = (url or os.environ.get("FLASHWATCH_URL") or DEFAULT_URL).rstrip("/")
-        params = {"camera_id": camera} if camera else {}
-        headers = {"Authorization": f"Bearer {_token(token) or ''}"}
+        follower = AlertFollower(
+            base,
+            headers={"Authorization": f"Bearer {_token(token) or ''}"},
+            params={"camera_id": camera} if camera else {},
+            reconnect=reconnect,
+        )
         seen = 0
+
+        def on_alert(alert: dict[str, Any]) -> bool:
+            nonlocal seen
+            typer.echo(json.dumps(alert))
+            seen += 1
+            return not (count and seen >= count)
+
         try:
-            with httpx.stream(
-                "GET",
-                base + "/v1/alerts/stream",
-                params=params,
-                headers=headers,
-                timeout=httpx.Timeout(10.0, read=None),
-            ) as resp:
-                if resp.status_code >= 400:
-                    resp.read()
-                    raise CliError(f"error {resp.status_code}: {resp.json().get('message')}", 1)
-                for line in resp.iter_lines():
-                    if line.startswith("data: "):
-                        typer.echo(json.dumps(json.loads(line[6:])))
-                        seen += 1
-                        if count and seen >= count:
-                            return
+            follower.follow(on_alert, note=lambda text: typer.echo(text, err=True))
+        except StreamRefused as exc:
+            raise CliError(str(exc), 1) from None
         except httpx.HTTPError as exc:
             raise CliError(f"cannot reach the API at {base}: {type(exc).__name__}", 4) from None
 

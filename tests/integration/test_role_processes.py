@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import httpx
 import pytest
 
 from encoder_trt.testing import tiny_config, write_fake_checkpoint
+from flashwatch.api.serving import SHUTDOWN_GRACE_S
 from tests.services import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -137,6 +139,46 @@ def test_ingest_role_publishes_clips_of_api_registered_cameras_to_kafka(
         assert proc.returncode == 0, out[-3000:]
     finally:
         consumer.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_api_role_exits_on_sigterm_with_an_alert_stream_open(tmp_path: Path) -> None:
+    """An open alert stream never ends by itself; the API ends it when told to stop, so the
+    process exits promptly and cleanly instead of waiting for the subscriber forever."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FW_")}
+    env |= {"FW_DATA_DIR": str(tmp_path), "FW_API__PORT": str(port), "FW_API__SSE_POLL_S": "0.2"}
+    proc = start_role("api", env)
+    base = f"http://127.0.0.1:{port}"
+    ended = threading.Event()
+
+    def subscribe(headers: dict[str, str]) -> None:
+        with httpx.stream("GET", base + "/v1/alerts/stream", headers=headers, timeout=30) as r:
+            assert r.status_code == 200
+            subscribed.set()
+            for _ in r.iter_lines():
+                pass
+        ended.set()
+
+    subscribed = threading.Event()
+    try:
+        wait_ready(base, proc)
+        token = (tmp_path / "admin.token").read_text().strip()
+        reader = threading.Thread(
+            target=subscribe, args=({"Authorization": f"Bearer {token}"},), daemon=True
+        )
+        reader.start()
+        assert subscribed.wait(10), "the alert stream never answered"
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+        assert time.monotonic() - t0 < SHUTDOWN_GRACE_S, out  # ended, not cancelled
+        assert "Traceback" not in out
+        assert ended.wait(5), "the subscriber's stream did not end"
+    finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()

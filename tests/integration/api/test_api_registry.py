@@ -12,8 +12,8 @@ import httpx
 import pytest
 from sqlmodel import Session
 
-from flashwatch.db.models import Alert, CameraCredential
-from tests.apiharness import Api, fresh_db, live_server, make_api, settings_for
+from flashwatch.db.models import CameraCredential
+from tests.apiharness import Api, add_alert, fresh_db, live_server, make_api, settings_for
 
 pytestmark = pytest.mark.integration
 
@@ -25,26 +25,6 @@ def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:
         harness = make_api(settings_for(tmp_path, url))
         yield harness
         harness.state.engine.dispose()
-
-
-def add_alert(api: Api, rule_id: int, camera_id: int, n: int, **fields: object) -> Alert:
-    now = datetime.now(UTC)
-    alert = Alert(
-        dedup_key=f"{rule_id}:{camera_id}:{n}",
-        rule_id=rule_id,
-        camera_id=camera_id,
-        window_start=now - timedelta(seconds=64),
-        window_end=now,
-        score=0.9,
-        reason="a person is on the fence",
-        evidence=[now.timestamp() - 10],
-        thumbnail=b"\xff\xd8jpeg",
-        **fields,  # type: ignore[arg-type]
-    )
-    with Session(api.state.engine, expire_on_commit=False) as s:
-        s.add(alert)
-        s.commit()
-    return alert
 
 
 def test_camera_crud_keeps_credentials_out_of_every_response(api: Api) -> None:
@@ -293,6 +273,16 @@ def test_alert_stream_starts_at_now_and_resumes_from_last_event_id(api: Api) -> 
         assert fresh.subscribed.wait(10), "the alert stream never answered"
         new = add_alert(api, rule["id"], cam["id"], 2)
         assert fresh.ids() == [new.id]  # the alert from before subscribing is not replayed
+
+        # The first event names where the stream starts, so a client dropped before any
+        # alert resumes from there (`alerts tail`).
+        with httpx.stream("GET", base + url, headers=api.h("viewer"), timeout=10) as resp:
+            head = []
+            for line in resp.iter_lines():
+                if not line:
+                    break
+                head.append(line)
+        assert head == [": connected", f"id: {new.id}"]
 
         backlog = StreamReader(base + url + "?after_id=0", api.h("viewer"), want=2)
         assert backlog.ids() == [old.id, new.id]

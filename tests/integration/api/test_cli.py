@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
+from flashwatch.api.serving import SHUTDOWN_GRACE_S
 from flashwatch.db.engine import head_revision
-from tests.apiharness import Api, live_server, make_api, settings_for
+from tests import services
+from tests.apiharness import Api, add_alert, live_server, make_api, settings_for
 
 pytestmark = pytest.mark.integration
 
@@ -147,3 +153,83 @@ def test_token_create_and_db_upgrade_act_on_the_local_registry(tmp_path: Path) -
         check=False,
     )
     assert bad_role.returncode == 2
+
+
+class LineQueue:
+    """The lines a subprocess writes to one pipe, read in a thread, waited for with a
+    deadline (a blocking readline would hang the test if the line never comes)."""
+
+    def __init__(self, pipe: IO[str]) -> None:
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._pump, args=(pipe,), daemon=True).start()
+
+    def _pump(self, pipe: IO[str]) -> None:
+        for line in pipe:
+            self.lines.put(line.rstrip("\n"))
+
+    def wait_for(self, text: str, timeout: float = 30.0) -> list[str]:
+        """Lines up to and including the first that contains `text`."""
+        seen: list[str] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            seen.append(line)
+            if text in line:
+                return seen
+        raise AssertionError(f"no line with {text!r} within {timeout} s; got {seen}")
+
+
+def test_alerts_tail_resumes_across_an_api_restart_and_misses_nothing(tmp_path: Path) -> None:
+    """`alerts tail` outlives an API restart: the stopped server ends the stream at once
+    (it used to wait for it forever), the CLI reconnects with the last id it saw, and every
+    alert is printed once, the one written while no API ran included."""
+    api = make_api(settings_for(tmp_path, None))
+    cam = api.camera()
+    rule = api.rule("fence", [cam["id"]])
+    port = services.free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FW_", "FLASHWATCH_"))}
+    env |= {"FLASHWATCH_URL": f"http://127.0.0.1:{port}", "FLASHWATCH_TOKEN": api.tokens["viewer"]}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flashwatch.cli", "alerts", "tail", "--count", "3"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = LineQueue(proc.stdout), LineQueue(proc.stderr)
+    try:
+        with live_server(api.state, port):
+            err.wait_for("following alerts at")
+            first = add_alert(api, rule["id"], cam["id"], 1)
+            assert json.loads(out.wait_for("{")[0])["id"] == first.id
+            stopping = time.monotonic()
+        assert time.monotonic() - stopping < SHUTDOWN_GRACE_S  # the stream ended, not cut
+        second = add_alert(api, rule["id"], cam["id"], 2)  # no API is running
+        assert f"resuming after alert {first.id}" in err.wait_for("reconnecting")[-1]
+        with live_server(api.state, port):
+            err.wait_for("reconnected to")
+            third = add_alert(api, rule["id"], cam["id"], 3)
+            rest = [json.loads(out.wait_for("{")[0])["id"] for _ in range(2)]
+            assert proc.wait(timeout=30) == 0
+        assert rest == [second.id, third.id]
+        assert out.lines.empty()  # nothing twice
+    finally:
+        proc.kill()
+        proc.wait()
+        api.state.engine.dispose()
+
+
+def test_alerts_tail_stops_on_a_refused_token_or_an_unreachable_api(
+    served: tuple[Api, str],
+) -> None:
+    """Errors that a retry cannot fix end `alerts tail` at once with a clear message."""
+    _, base = served
+    bad = fw(base, "fw_not-a-real-token", "alerts", "tail")
+    assert bad.returncode == 1 and "error 401" in bad.stderr
+    closed = f"http://127.0.0.1:{services.free_port()}"
+    gone = fw(closed, None, "alerts", "tail")
+    assert gone.returncode == 4 and f"cannot reach the API at {closed}" in gone.stderr
