@@ -27,16 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from reasoner.tiny.data import (
+from reasoner.tiny.data import COLOURS, EVENTS, FOCUS_WEIGHTS, questions_for
+from reasoner.tiny.labels import (
     AUX_ACTOR_LABELS,
     AUX_LABELS,
-    COLOURS,
-    EVENTS,
-    FOCUS_WEIGHTS,
     actor_column,
     clip_labels,
     event_column,
-    questions_for,
 )
 from reasoner.tiny.model import TinyVideoChat, exported_config, load_exported
 from reasoner.tiny.train import (

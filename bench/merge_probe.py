@@ -27,8 +27,9 @@ import torch.nn.functional as F
 
 from encoder_trt.checkpoint import load_clip_encoder
 from encoder_trt.tome import bipartite_soft_matching, hd_metric, merge_wavg
-from reasoner.tiny.data import Window, body_patch, on_screen
+from reasoner.tiny.data import Window, on_screen
 from reasoner.tiny.evaluate import held_out_windows
+from reasoner.tiny.labels import body_patch
 from reasoner.tiny.train import clips_of
 
 

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from encoder_trt.modeling_umt import UMTEncoder
-from reasoner.tiny.data import Window, body_patch, on_screen, sample_windows
+from reasoner.tiny.data import Window, on_screen, sample_windows
+from reasoner.tiny.labels import body_patch
 from reasoner.tiny.model import TinyConfig
 from reasoner.tiny.train import EVAL_SEED_BASE, TRAIN_SEED_BASE, clips_of
 

@@ -32,13 +32,14 @@ from reasoner.modeling_qwen2_flash import (
 )
 from reasoner.projector import CHECKPOINT_PREFIX as PROJECTOR_PREFIX
 from reasoner.projector import MMProjector
-from reasoner.tiny.data import AUX_ACTOR_LABELS, FRAME_STEPS
+from reasoner.tiny.data import FRAME_STEPS
+from reasoner.tiny.labels import AUX_ACTOR_LABELS
 from reasoner.tiny.oracle import TOKENS_PER_CLIP, Slots, chamfer, compact_block, oracle_block
 
 IGNORE = -100
 APART_MARGIN = 0.8
 """Cosine on ToMe's first merge metric above which an actor's body patches in two frames of a
-clip, between which it moved, are pushed apart (`apart_loss`, pairs from `data.moved_pairs`).
+clip, between which it moved, are pushed apart (`apart_loss`, pairs from `labels.moved_pairs`).
 Each even patch of a tiny clip has an odd match about 0.99 alike (the median), and a moving
 car's body in two frames is 0.95 alike: below 0.8 it loses to almost any other match."""
 
@@ -72,7 +73,7 @@ class TinyConfig:
     intermediate_size: int = 512
     vocab_size: int = 512
     # Width of the training-only probe as built; the stages that train it widen it to
-    # `data.AUX_LABELS` (train.py). The default keeps a new model's seeded init as it was.
+    # `labels.AUX_LABELS` (train.py). The default keeps a new model's seeded init as it was.
     aux_labels: int = AUX_ACTOR_LABELS
     init_std: float = 0.02  # Qwen2's `initializer_range` for the LLM and projector
 
@@ -118,7 +119,7 @@ class Batch:
     n_answer: list[list[int]]
     clip_labels: Tensor | None = None  # (C, A) auxiliary per-clip targets, training only
     token_labels: Tensor | None = None  # (C, 4*L, A) per-patch targets before ToMe, training only
-    moved_pairs: Tensor | None = None  # (K, 3) (clip, patch, patch): see `data.moved_pairs`
+    moved_pairs: Tensor | None = None  # (K, 3) (clip, patch, patch): see `labels.moved_pairs`
     slots: list[list[Slots]] | None = None  # per window, per clip: oracle slots (training only)
     # per window, per question: suffix positions [a, b) that also learn to predict the first
     # answer token (yes/no questions; training only, see `TinyVideoChat.window_logits`)

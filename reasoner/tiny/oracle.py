@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from reasoner.tiny.data import Window, actor_events, on_screen
+from reasoner.tiny.data import Window, on_screen
+from reasoner.tiny.labels import actor_events
 
 TOKENS_PER_CLIP = 64
 EVENT_WORDS = {

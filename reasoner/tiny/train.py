@@ -35,7 +35,6 @@ from reasoner.prompt import (
     user_message,
 )
 from reasoner.tiny.data import (
-    AUX_LABELS,
     FOCUS_WEIGHTS,
     HARD_NEGATIVE,
     KIND_WEIGHTS,
@@ -43,14 +42,12 @@ from reasoner.tiny.data import (
     RENDER_H,
     RENDER_W,
     Window,
-    clip_labels,
     corpus_texts,
-    moved_pairs,
     questions_for,
     sample_windows,
-    token_labels,
     with_explain,
 )
+from reasoner.tiny.labels import AUX_LABELS, clip_labels, moved_pairs, token_labels
 from reasoner.tiny.model import (
     Batch,
     TinyConfig,
@@ -92,7 +89,7 @@ class TrainOptions:
     log_every: int = 25
     stage: str = "video"  # "oracle": symbolic visual tokens (see `oracle`); "video": pixels
     distill_weight: float = 1.0  # video stage: pull projected tokens onto the oracle tokens
-    token_weight: float = 0.0  # encoder/video stage: per-patch labels (data.token_labels)
+    token_weight: float = 0.0  # encoder/video stage: per-patch labels (labels.token_labels)
     apart_weight: float = 0.0  # encoder/video stage: keep a moving actor's frames apart in ToMe
     freeze_llm_steps: int = 0  # video stage: train only encoder + projector at first
     early_weight: float = 0.0  # deep supervision of yes/no question tokens (see model)
@@ -150,8 +147,8 @@ def make_batch(
     moved_grid: int | None = None,
 ) -> Batch:
     """Teacher-forced questions over `windows`; `grid` (patches per side) adds per-patch
-    encoder targets (`data.token_labels`), `moved_grid` the pairs of patches that hold a
-    moving actor in two frames of a clip (`data.moved_pairs`)."""
+    encoder targets (`labels.token_labels`), `moved_grid` the pairs of patches that hold a
+    moving actor in two frames of a clip (`labels.moved_pairs`)."""
     pixels, ranges, prefixes, suffixes, n_answer = [], [], [], [], []
     shared: list[list[int]] = []
     spans: list[list[tuple[int, int] | None]] = []

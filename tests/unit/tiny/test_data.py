@@ -185,7 +185,8 @@ def test_decoy_share_sets_how_often_an_on_screen_actor_that_does_not_do_it_is_as
 
 def test_clip_labels_mark_what_a_car_is_doing_not_only_that_it_is_there() -> None:
     from ingest.synth import COLOURS
-    from reasoner.tiny.data import AUX_ACTORS, AUX_LABELS, EVENTS, clip_labels
+    from reasoner.tiny.data import EVENTS
+    from reasoner.tiny.labels import AUX_ACTORS, AUX_LABELS, clip_labels
 
     scene = Scene.from_spec(
         SceneSpec(seed=5, duration=120.0, events=("red_car_parks@4+40", "red_car_crosses@70"),
@@ -211,7 +212,8 @@ def test_token_labels_mark_the_patch_showing_each_actor_and_what_it_does() -> No
     """Per frame, the patch under a parked red car carries (car, red) and (park, red) and stays
     put; under a blue car driving past, (car, blue) and (cross, blue) move with it; every
     marked patch differs from the empty background (the labels point at the actor)."""
-    from reasoner.tiny.data import AUX_ACTORS, AUX_LABELS, EVENTS, token_labels
+    from reasoner.tiny.data import EVENTS
+    from reasoner.tiny.labels import AUX_ACTORS, AUX_LABELS, token_labels
 
     def spec(*events: str) -> SceneSpec:
         return SceneSpec(seed=5, duration=120.0, events=events, width=160, height=120,
@@ -375,7 +377,7 @@ def test_moved_pairs_link_a_moving_actors_body_across_frames_and_leave_a_parked_
     """A blue car driving past yields a pair for every two frames where its body sits in
     different patches, pointing at those very patches (the ones `token_labels` marks); a red
     car standing in its bay yields none."""
-    from reasoner.tiny.data import moved_pairs, token_labels
+    from reasoner.tiny.labels import moved_pairs, token_labels
 
     def spec(*events: str) -> SceneSpec:
         return SceneSpec(seed=5, duration=120.0, events=events, width=160, height=120,

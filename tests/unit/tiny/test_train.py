@@ -204,7 +204,8 @@ def test_per_patch_labels_train_the_encoder_before_token_merging(tok: Any) -> No
     against them before ToMe; a few steps on that loss alone lower it. Without, no loss."""
     import torch
 
-    from reasoner.tiny.data import AUX_LABELS, questions_for, sample_windows
+    from reasoner.tiny.data import questions_for, sample_windows
+    from reasoner.tiny.labels import AUX_LABELS
     from reasoner.tiny.model import TinyVideoChat
     from reasoner.tiny.train import make_batch
 
