@@ -85,6 +85,13 @@ def train_cmd(
             "the reference's 64-d metric.",
         ),
     ] = 16,
+    image_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Input frame size in px (default: the model's own, 64 for a new model); with "
+            "--init, continue a trained model at this size.",
+        ),
+    ] = None,
     explain_share: Annotated[
         float,
         typer.Option(
@@ -141,7 +148,7 @@ def train_cmd(
         stage=stage, compact=compact, freeze_llm_steps=freeze_llm_steps,
         distill_weight=distill_weight, focus=focus, explain_share=explain_share,
         event_yes=event_yes, token_weight=token_weight, still_share=still_share,
-        apart_weight=apart_weight,
+        apart_weight=apart_weight, image_size=image_size,
         per_question_loss=per_question_loss, decoy=decoy,
         renders=tuple(frame_size(r.strip()) for r in renders.split(",") if r.strip()),
         config=TinyConfig(hidden_size=hidden, num_layers=layers, num_heads=heads,

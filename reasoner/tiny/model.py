@@ -55,6 +55,10 @@ class TinyConfig:
 
     image_size: int = 64
     patch_size: int = 8  # 8x8 patches per frame, 256 per clip, ToMe [128, 64] -> 64
+    # Grid the position table is laid out on before it is resized to the input's grid, as the
+    # reference lays UMT-L's out on 14x14 and resizes it for 448 px; 0 = the input's own grid.
+    # A model continued at a larger input keeps the grid it was trained on.
+    pos_base_grid: int = 0
     vision_dim: int = 128
     vision_depth: int = 2
     vision_heads: int = 4
@@ -85,7 +89,7 @@ class TinyConfig:
             depth=self.vision_depth,
             num_heads=self.vision_heads,
             mlp_ratio=self.vision_mlp_ratio,
-            pos_base_grid=self.image_size // self.patch_size,
+            pos_base_grid=self.pos_base_grid or self.image_size // self.patch_size,
             tome_groups=self.tome_groups,
         )
 

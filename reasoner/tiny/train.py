@@ -101,6 +101,7 @@ class TrainOptions:
     still_share: float = 0.0  # training windows with actors held still (`data.held_still`)
     per_question_loss: bool = False  # each question weighs the same (`model.answer_weights`)
     config: TinyConfig = field(default_factory=TinyConfig)  # ignored with `init` (its own)
+    image_size: int | None = None  # with `init`: continue at this input size (`resized_input`)
 
 
 def prompt_ids(
@@ -245,6 +246,20 @@ def tokenizer_for(init: Path | None, tok_dir: Path) -> Any:
     return load_tokenizer_from(tok_dir)
 
 
+def resized_input(config: TinyConfig, image_size: int) -> TinyConfig:
+    """`config` reading `image_size` px frames. No weight depends on the input size (the patch
+    embedding is per patch, the position table is computed), so a trained model continues at
+    a larger input with its position table laid out on the grid it was trained on and resized,
+    as the reference resizes UMT-L's 14x14 table for 448 px, and ToMe merges the extra patches
+    down to the same 64 tokens."""
+    if image_size <= 0 or image_size % config.patch_size:
+        raise ValueError(
+            f"image_size must be a positive multiple of patch_size {config.patch_size}, "
+            f"got {image_size}"
+        )
+    return replace(config, image_size=image_size, pos_base_grid=config.umt().pos_base_grid)
+
+
 def lr_at(progress: float, step: int, opts: TrainOptions) -> float:
     if step < opts.warmup:
         return opts.lr * (step + 1) / opts.warmup
@@ -279,6 +294,10 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
     tok_dir = Path(tempfile.mkdtemp(prefix="fw-tiny-tok-"))
     tok = tokenizer_for(opts.init, tok_dir)
     config = exported_config(opts.init) if opts.init is not None else opts.config
+    if opts.image_size is not None and opts.init is not None:
+        config = resized_input(config, opts.image_size)
+    elif opts.image_size is not None:
+        config = replace(config, image_size=opts.image_size)
     if len(tok) > config.vocab_size:
         raise ValueError(f"tokenizer has {len(tok)} ids > vocab_size {config.vocab_size}")
     seeds = [TRAIN_SEED_BASE + opts.seed * 10_000 + i for i in range(opts.scenes)]

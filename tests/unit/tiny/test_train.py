@@ -273,3 +273,30 @@ def test_answer_weights_give_every_question_a_total_of_one() -> None:
 
     w = answer_weights([[2, 4], [1]])
     assert w.tolist() == pytest.approx([0.5, 0.5, 0.25, 0.25, 0.25, 0.25, 1.0])
+
+
+def test_a_trained_model_continues_at_a_larger_input(tmp_path: Path) -> None:
+    """`image_size` with `init` continues a 64 px model at 96 px: the exported config says
+    so, its position table stays laid out on the 8x8 grid it was trained on (resized, as the
+    reference resizes UMT-L's for 448 px), and the normal loader encodes 96 px clips to the
+    same 64 tokens."""
+    import torch
+    from safetensors.torch import load_file
+
+    from encoder_trt.modeling_umt import build_pos_embed
+
+    opts = TrainOptions(seed=0, steps=1, scenes=2, windows_per_scene=1, batch_windows=1,
+                        config=SMALL)  # fmt: skip
+    train(opts, tmp_path / "a")
+    train(replace(opts, init=tmp_path / "a", image_size=96, lr=1e-9), tmp_path / "b")
+    clip, report = load_clip_encoder(tmp_path / "b")
+    assert report.image_size == 96
+    assert (clip.config.image_size, clip.config.pos_base_grid, clip.config.grid) == (96, 8, 12)
+    fresh_grid = replace(clip.config, pos_base_grid=12)
+    assert not torch.allclose(build_pos_embed(clip.config, 4), build_pos_embed(fresh_grid, 4))
+    assert clip(torch.zeros(2, 4, 3, 96, 96)).shape == (2, 64, SMALL.vision_dim)
+    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("a", "b"))
+    patch = "model.vision_tower.vision_tower.encoder.patch_embed.proj.weight"
+    assert torch.allclose(a[patch], b[patch], atol=1e-6)  # the same weights, carried over
+    with pytest.raises(ValueError, match="image_size must be a positive multiple of patch_size"):
+        train(replace(opts, init=tmp_path / "a", image_size=100), tmp_path / "c")
