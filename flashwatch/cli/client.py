@@ -67,6 +67,10 @@ def call(
         resp = httpx.request(
             method, base + path, json=body, params=params, headers=headers, timeout=timeout
         )
+    except httpx.TimeoutException as exc:
+        raise CliError(
+            f"no answer from the API at {base} within {timeout:g} s ({type(exc).__name__})", 4
+        ) from None
     except httpx.HTTPError as exc:
         raise CliError(f"cannot reach the API at {base}: {type(exc).__name__}", 4) from None
     if resp.status_code >= 400:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import socket
 import subprocess
 import sys
 import threading
@@ -233,3 +234,18 @@ def test_alerts_tail_stops_on_a_refused_token_or_an_unreachable_api(
     closed = f"http://127.0.0.1:{services.free_port()}"
     gone = fw(closed, None, "alerts", "tail")
     assert gone.returncode == 4 and f"cannot reach the API at {closed}" in gone.stderr
+
+
+def test_an_api_that_accepts_but_never_answers_is_reported_as_a_timeout() -> None:
+    """A hung API (the socket accepts, nothing answers) is told apart from one that is down:
+    the message says how long the CLI waited, not that it could not connect."""
+    from flashwatch.cli.client import CliError, call
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        base = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        with pytest.raises(CliError) as err:
+            call("GET", "/v1/cameras", url=base, token="fw_x", timeout=0.5)
+    assert err.value.code == 4
+    assert str(err.value) == f"no answer from the API at {base} within 0.5 s (ReadTimeout)"
