@@ -121,12 +121,16 @@ def serve(settings: Settings, roles: tuple[str, ...] = ROLES) -> None:
         # process exits 0 instead of dying by the signal.
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: None)
-        ApiServer(
+        server = ApiServer(
             _role_app(state, pipeline, roles),
             host=settings.api.host,
             port=settings.api.port,
             closing=state.closing,
-        ).run()
+        )
+        server.run()
+        if not server.started:  # as uvicorn.run: a failed start is not a clean exit
+            log.error("the server did not start on %s:%d", settings.api.host, settings.api.port)
+            raise SystemExit(3)
     finally:
         pipeline.stop()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -182,3 +183,18 @@ def test_api_role_exits_on_sigterm_with_an_alert_stream_open(tmp_path: Path) -> 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_role_whose_port_is_taken_exits_3_and_says_so(tmp_path: Path) -> None:
+    """Serving on a port another process holds fails the start: exit 3 and the reason, not
+    a drain and exit 0 as if all went well."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FW_")}
+        env |= {"FW_DATA_DIR": str(tmp_path), "FW_API__PORT": str(port)}
+        proc = start_role("api", env)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 3, out
+    assert "address already in use" in out
