@@ -41,7 +41,6 @@ class AlertFollower:
     params: dict[str, Any] = field(default_factory=dict)
     reconnect: bool = True
     last_id: int | None = None  # the id to resume after (the stream's last `id:` line)
-    sleep: Callable[[float], None] = time.sleep
     connections: int = 0  # subscriptions the API accepted
 
     def follow(
@@ -65,7 +64,7 @@ class AlertFollower:
                 return
             after = f", resuming after alert {self.last_id}" if self.last_id is not None else ""
             note(f"{why}; reconnecting in {backoff:.0f} s{after}")
-            self.sleep(backoff)
+            time.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_S)
 
     def _one_connection(self, note: Callable[[str], None]) -> Iterator[dict[str, Any]]:
