@@ -74,15 +74,19 @@ def call(
     except httpx.HTTPError as exc:
         raise CliError(f"cannot reach the API at {base}: {type(exc).__name__}", 4) from None
     if resp.status_code >= 400:
-        try:
-            err = resp.json()
-            message = err.get("message") or resp.reason_phrase
-        except ValueError:
-            message = resp.reason_phrase
+        message = error_message(resp)
         raise CliError(f"error {resp.status_code}: {message}", 1 if resp.status_code < 500 else 4)
     if resp.status_code == 204 or not resp.content:
         return None
     return resp.json()
+
+
+def error_message(resp: httpx.Response) -> str:
+    """The API's error `message`, or the status's reason when the body has none."""
+    try:
+        return str(resp.json().get("message") or resp.reason_phrase)
+    except ValueError:
+        return resp.reason_phrase
 
 
 def parse_labels(values: list[str]) -> dict[str, str]:

@@ -18,6 +18,8 @@ from typing import Any
 
 import httpx
 
+from flashwatch.cli.client import error_message
+
 READ_TIMEOUT_S = 60.0
 """The API sends a keepalive every 15 s: a minute of silence is a dead connection."""
 FIRST_BACKOFF_S = 1.0
@@ -82,7 +84,7 @@ class AlertFollower:
                 resp.read()
                 if resp.status_code >= 500 and self.connections:
                     resp.raise_for_status()  # a proxy's 502/503 while the API restarts
-                raise StreamRefused(resp.status_code, _message(resp))
+                raise StreamRefused(resp.status_code, error_message(resp))
             note(f"{'reconnected to' if self.connections else 'following alerts at'} {self.base}")
             self.connections += 1
             for line in resp.iter_lines():
@@ -90,10 +92,3 @@ class AlertFollower:
                     self.last_id = int(line[3:].strip())
                 elif line.startswith("data:"):
                     yield json.loads(line[5:].strip())
-
-
-def _message(resp: httpx.Response) -> str:
-    try:
-        return str(resp.json().get("message", resp.reason_phrase))
-    except ValueError:
-        return resp.reason_phrase
