@@ -2,10 +2,12 @@
 # Train the tiny synthetic-world model (models/tiny) on a CPU, seeded, in five stages.
 # Budgets are fixed step counts, so a rerun on the same thread count does the same work
 # (about 41 minutes on 2 cores; BENCHMARKS.md "Tiny model, stop 22" has the stage times
-# and what the model reached). THREADS=1 halves the cores used and takes longer. Questions
-# include hard negatives (an actor on screen that does not do the event) from the first
-# stage on, and a quarter of "did X happen" questions ask about an event the window shows
-# (`--event-yes 0.25`: rare events such as loitering get positives); scenes alternate between 160x120 and 320x240 cameras.
+# and what the model reached; on a slower day, stop 27, the same steps took 1.35x as long).
+# THREADS=1 halves the cores used and takes longer. Questions include hard negatives (an
+# actor on screen that does not do the event) from the first stage on, and a quarter of
+# "did X happen" questions ask about an event the window shows (`--event-yes 0.25`: rare
+# events such as loitering get positives); scenes alternate between 160x120 and 320x240
+# cameras.
 #
 # 1. oracle: the LLM (256 wide; 128 never learned the matching) learns to read "visual
 #    tokens" built from the ground truth (the sum of its own word embeddings per actor),
