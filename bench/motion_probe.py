@@ -20,44 +20,24 @@ import platform
 import time
 from dataclasses import replace
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from encoder_trt.modeling_umt import UMTEncoder
-from reasoner.tiny.data import Window, on_screen, sample_windows
-from reasoner.tiny.labels import body_patch
+from reasoner.tiny.data import sample_windows
+from reasoner.tiny.labels import (
+    MOTION_IGNORE,
+    MOTION_KINDS,
+    MOTION_MOVING,
+    MOTION_STILL,
+    motion_labels,
+)
 from reasoner.tiny.model import TinyConfig
 from reasoner.tiny.train import EVAL_SEED_BASE, TRAIN_SEED_BASE, clips_of
 
-IGNORE, STILL, MOVING = -1, 0, 1
-STILL_BELOW, MOVING_ABOVE = 0.012, 0.03  # frame widths a second; loiterers shuffle ~0.007
-KINDS = ("person", "car")
-
-
-def motion_labels(w: Window, grid: int) -> tuple[np.ndarray, np.ndarray]:
-    """(n_clips, 4*grid*grid) labels (IGNORE / STILL / MOVING) at the patch under each person
-    or car in each frame, from its speed across the clip, and the actor kind there (-1: none).
-    Speeds between the two thresholds (arriving, slowing) are left out."""
-    ts, per = w.times, grid * grid
-    n = len(ts) // 4
-    labels = np.full((n, 4 * per), IGNORE, dtype=np.int64)
-    kinds = np.full((n, 4 * per), -1, dtype=np.int64)
-    for c in range(n):
-        clip = ts[4 * c : 4 * c + 4]
-        for tr in w.truth.tracks:
-            seen = [t for t in clip if on_screen(tr, t)]
-            if tr.actor_kind not in KINDS or len(seen) < 2:
-                continue
-            speed = abs(tr.position(seen[-1])[0] - tr.position(seen[0])[0]) / (seen[-1] - seen[0])
-            label = MOVING if speed > MOVING_ABOVE else STILL if speed < STILL_BELOW else IGNORE
-            for i, t in enumerate(clip):
-                if t not in seen:
-                    continue
-                j = i * per + body_patch(tr, t, w.aspect, grid)
-                labels[c, j], kinds[c, j] = label, KINDS.index(tr.actor_kind)
-    return labels, kinds
+IGNORE, STILL, MOVING = MOTION_IGNORE, MOTION_STILL, MOTION_MOVING
+KINDS = MOTION_KINDS
 
 
 def pool(

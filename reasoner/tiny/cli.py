@@ -73,6 +73,14 @@ def train_cmd(
             "frames of a clip apart on ToMe's metric when it moved between them.",
         ),
     ] = 0.0,
+    motion_weight: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Encoder/video stage: weight of the loss that says which people and cars move "
+            "during their clip, on the patches under them and on the merged tokens holding them.",
+        ),
+    ] = 0.0,
     hidden: Annotated[int, typer.Option(help="LLM hidden size (a new model only).")] = 256,
     layers: Annotated[int, typer.Option(help="LLM decoder layers (a new model only).")] = 4,
     heads: Annotated[int, typer.Option(help="LLM attention heads (a new model only).")] = 8,
@@ -148,7 +156,7 @@ def train_cmd(
         stage=stage, compact=compact, freeze_llm_steps=freeze_llm_steps,
         distill_weight=distill_weight, focus=focus, explain_share=explain_share,
         event_yes=event_yes, token_weight=token_weight, still_share=still_share,
-        apart_weight=apart_weight, image_size=image_size,
+        apart_weight=apart_weight, motion_weight=motion_weight, image_size=image_size,
         per_question_loss=per_question_loss, decoy=decoy,
         renders=tuple(frame_size(r.strip()) for r in renders.split(",") if r.strip()),
         config=TinyConfig(hidden_size=hidden, num_layers=layers, num_heads=heads,

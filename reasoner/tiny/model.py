@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from encoder_trt.checkpoint import ENCODER_PREFIX
 from encoder_trt.modeling_umt import UMTClipEncoder, UMTConfig
-from encoder_trt.tome import hd_metric
+from encoder_trt.tome import bipartite_soft_matching, hd_metric, merge_wavg
 from reasoner.modeling_qwen2_flash import (
     KV,
     DropConfig,
@@ -33,7 +33,7 @@ from reasoner.modeling_qwen2_flash import (
 from reasoner.projector import CHECKPOINT_PREFIX as PROJECTOR_PREFIX
 from reasoner.projector import MMProjector
 from reasoner.tiny.data import FRAME_STEPS
-from reasoner.tiny.labels import AUX_ACTOR_LABELS
+from reasoner.tiny.labels import AUX_ACTOR_LABELS, MOTION_MOVING, MOTION_STILL
 from reasoner.tiny.oracle import TOKENS_PER_CLIP, Slots, chamfer, compact_block, oracle_block
 
 IGNORE = -100
@@ -124,6 +124,7 @@ class Batch:
     clip_labels: Tensor | None = None  # (C, A) auxiliary per-clip targets, training only
     token_labels: Tensor | None = None  # (C, 4*L, A) per-patch targets before ToMe, training only
     moved_pairs: Tensor | None = None  # (K, 3) (clip, patch, patch): see `labels.moved_pairs`
+    motion_labels: Tensor | None = None  # (C, 4*L) moving / still / ignore: `labels.motion_labels`
     slots: list[list[Slots]] | None = None  # per window, per clip: oracle slots (training only)
     # per window, per question: suffix positions [a, b) that also learn to predict the first
     # answer token (yes/no questions; training only, see `TinyVideoChat.window_logits`)
@@ -157,6 +158,7 @@ class TinyVideoChat(nn.Module):
         self.distill_loss: Tensor | None = None
         self.token_loss: Tensor | None = None
         self.apart_loss: Tensor | None = None
+        self.motion_loss: Tensor | None = None
         self.early_logits: list[tuple[Tensor, Tensor]] = []
         self.oracle = False  # stage 1: read oracle tokens instead of pixels (see `oracle`)
         self.compact = False  # oracle tokens without the filler (`oracle.compact_block`)
@@ -166,6 +168,10 @@ class TinyVideoChat(nn.Module):
         self.per_question = False
         qwen2_init(self.llm, config.init_std)
         qwen2_init(self.projector, config.init_std)
+        # Training-only (not exported): does the actor under a patch / in a token move. Built
+        # on a forked random stream so that models without it initialise as before.
+        with torch.random.fork_rng(devices=[]):
+            self.motion_head = nn.Linear(config.vision_dim, 1)
 
     def oracle_blocks(self, batch: Batch) -> list[Tensor]:
         assert batch.slots is not None
@@ -176,6 +182,7 @@ class TinyVideoChat(nn.Module):
 
     def visual_blocks(self, batch: Batch) -> list[Tensor]:
         self.aux_loss = self.distill_loss = self.token_loss = self.apart_loss = None
+        self.motion_loss = None
         if self.oracle:
             return self.oracle_blocks(batch)
         patches = self.vision.encoder(batch.pixels)  # (C, 4*L, M) before ToMe
@@ -189,7 +196,11 @@ class TinyVideoChat(nn.Module):
             c, a, b = batch.moved_pairs.unbind(1)
             cos = (metric[c, a] * metric[c, b]).sum(-1)  # (K,)
             self.apart_loss = F.relu(cos - APART_MARGIN).mean()
-        feats = self.vision.merge(patches, batch.pixels.shape[1])  # (C, 64, M)
+        if batch.motion_labels is not None:
+            feats, sources = merge_with_sources(self.vision, patches)  # (C, 64, M), (C, 64, P)
+            self.motion_loss = self._motion_loss(patches, feats, sources, batch.motion_labels)
+        else:
+            feats = self.vision.merge(patches, batch.pixels.shape[1])  # (C, 64, M)
         if batch.clip_labels is not None:
             aux = self.aux_head(feats).amax(dim=1)  # (C, A)
             self.aux_loss = F.binary_cross_entropy_with_logits(aux, batch.clip_labels)
@@ -202,6 +213,25 @@ class TinyVideoChat(nn.Module):
             mask = torch.cat([m for _, m in pairs]).view(tokens.shape[0], TOKENS_PER_CLIP)
             self.distill_loss = chamfer(tokens, target, mask)
         return [tokens[a:b].flatten(0, 1) for a, b in batch.clip_ranges]  # (n*64, D) each
+
+    def _motion_loss(
+        self, patches: Tensor, feats: Tensor, sources: Tensor, labels: Tensor
+    ) -> Tensor | None:
+        """Balanced BCE of `motion_head` on the labelled body patches before ToMe and on the
+        merged tokens that hold them (a token holding both moving and still bodies is left
+        out): the LLM reads the merged tokens, so the label must survive the averaging."""
+        moving = (labels == MOTION_MOVING).float()  # (C, P)
+        still = (labels == MOTION_STILL).float()
+        in_moving = torch.einsum("ctp,cp->ct", sources, moving) > 0  # (C, 64)
+        in_still = torch.einsum("ctp,cp->ct", sources, still) > 0
+        pre = self.motion_head(patches).squeeze(-1)  # (C, P)
+        post = self.motion_head(feats).squeeze(-1)  # (C, 64)
+        terms = [
+            balanced_bce(pre, moving.bool(), still.bool()),
+            balanced_bce(post, in_moving & ~in_still, in_still & ~in_moving),
+        ]
+        kept = [t for t in terms if t is not None]
+        return torch.stack(kept).sum() if kept else None
 
     def _run(self, x: Tensor, start: int, past: list[KV] | None) -> tuple[Tensor, list[KV]]:
         """Decoder layers over x (B, L, D) at positions start..start+L-1 after `past`."""
@@ -277,6 +307,29 @@ class TinyVideoChat(nn.Module):
             return None
         logit = torch.cat([lg for lg, _ in self.early_logits])
         return F.cross_entropy(logit, torch.cat([tg for _, tg in self.early_logits]))
+
+
+def balanced_bce(logits: Tensor, positive: Tensor, negative: Tensor) -> Tensor | None:
+    """Mean of the positives' and the negatives' BCE (either alone if the other is empty):
+    moving bodies outnumber still ones about six to one."""
+    parts = [
+        F.binary_cross_entropy_with_logits(logits[mask], torch.full_like(logits[mask], target))
+        for mask, target in ((positive, 1.0), (negative, 0.0))
+        if bool(mask.any())
+    ]
+    return torch.stack(parts).mean() if parts else None
+
+
+def merge_with_sources(vision: UMTClipEncoder, patches: Tensor) -> tuple[Tensor, Tensor]:
+    """`vision.merge` of 4-frame clips (the same tensors) and, per merged token, how many of
+    the clip's patches it holds: (C, 64, M) and (C, 64, P)."""
+    x, size = patches, None
+    sources = torch.eye(patches.shape[1], device=patches.device).expand(len(patches), -1, -1)
+    for r in vision.schedule:
+        merge, _ = bipartite_soft_matching(hd_metric(x, vision.config.tome_groups), r)
+        x, size = merge_wavg(merge, x, size)
+        sources = merge(sources)
+    return x, sources
 
 
 def answer_weights(n_answer: Sequence[Sequence[int]]) -> Tensor:

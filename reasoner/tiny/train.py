@@ -47,7 +47,13 @@ from reasoner.tiny.data import (
     sample_windows,
     with_explain,
 )
-from reasoner.tiny.labels import AUX_LABELS, clip_labels, moved_pairs, token_labels
+from reasoner.tiny.labels import (
+    AUX_LABELS,
+    clip_labels,
+    motion_labels,
+    moved_pairs,
+    token_labels,
+)
 from reasoner.tiny.model import (
     Batch,
     TinyConfig,
@@ -91,6 +97,7 @@ class TrainOptions:
     distill_weight: float = 1.0  # video stage: pull projected tokens onto the oracle tokens
     token_weight: float = 0.0  # encoder/video stage: per-patch labels (labels.token_labels)
     apart_weight: float = 0.0  # encoder/video stage: keep a moving actor's frames apart in ToMe
+    motion_weight: float = 0.0  # encoder/video stage: which bodies move, before and after ToMe
     freeze_llm_steps: int = 0  # video stage: train only encoder + projector at first
     early_weight: float = 0.0  # deep supervision of yes/no question tokens (see model)
     compact: bool = False  # oracle stage: only the actor slots, no filler tokens
@@ -146,10 +153,12 @@ def make_batch(
     early: bool = False,
     grid: int | None = None,
     moved_grid: int | None = None,
+    motion_grid: int | None = None,
 ) -> Batch:
     """Teacher-forced questions over `windows`; `grid` (patches per side) adds per-patch
     encoder targets (`labels.token_labels`), `moved_grid` the pairs of patches that hold a
-    moving actor in two frames of a clip (`labels.moved_pairs`)."""
+    moving actor in two frames of a clip (`labels.moved_pairs`), `motion_grid` which body
+    patches move (`labels.motion_labels`)."""
     pixels, ranges, prefixes, suffixes, n_answer = [], [], [], [], []
     shared: list[list[int]] = []
     spans: list[list[tuple[int, int] | None]] = []
@@ -195,6 +204,10 @@ def make_batch(
             rows[:, 0] += a
             pairs.append(rows)
         batch.moved_pairs = torch.from_numpy(np.concatenate(pairs))
+    if motion_grid is not None:
+        batch.motion_labels = torch.from_numpy(
+            np.concatenate([motion_labels(w, motion_grid)[0] for w in windows])
+        )
     batch.slots = [clip_slots(w, tok) for w in windows] if slots else None
     batch.early = spans if early else None
     batch.shared_ids = shared
@@ -280,6 +293,10 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
         raise ValueError(f"apart_weight must be >= 0, got {opts.apart_weight}")
     if opts.apart_weight > 0 and opts.stage == "oracle":
         raise ValueError("apart_weight trains the encoder: use it in the encoder or video stage")
+    if opts.motion_weight < 0:
+        raise ValueError(f"motion_weight must be >= 0, got {opts.motion_weight}")
+    if opts.motion_weight > 0 and opts.stage == "oracle":
+        raise ValueError("motion_weight trains the encoder: use it in the encoder or video stage")
     if not 0.0 <= opts.event_yes <= 1.0:
         raise ValueError(f"event_yes must be in [0, 1], got {opts.event_yes}")
     if not 0.0 <= opts.still_share <= 1.0:
@@ -332,6 +349,7 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
     step, history = 0, []
     ema_loss, ema_acc, ema_aux = None, None, None
     ema_apart: float | None = None
+    ema_motion: float | None = None
     # Diagnostic: yes/no answer accuracy against always answering the majority ("No").
     yes_no = torch.tensor([answer_ids(tok, "Yes")[0], answer_ids(tok, "No")[0]])
     yn_hits, yn_no, yn_total = 0, 0, 0
@@ -358,6 +376,7 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
             or distill, early=opts.early_weight > 0,
             grid=config.image_size // config.patch_size if opts.token_weight > 0 else None,
             moved_grid=config.image_size // config.patch_size if opts.apart_weight > 0 else None,
+            motion_grid=config.image_size // config.patch_size if opts.motion_weight > 0 else None,
         )  # fmt: skip
         frozen = encoder_only or (video and step < opts.freeze_llm_steps)
         for p in model.llm.parameters():
@@ -377,6 +396,8 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
             total = total + opts.token_weight * model.token_loss
         if model.apart_loss is not None:
             total = total + opts.apart_weight * model.apart_loss
+        if model.motion_loss is not None:
+            total = total + opts.motion_weight * model.motion_loss
         early_loss = model.early_loss()
         if early_loss is not None:
             total = total + opts.early_weight * early_loss
@@ -399,6 +420,9 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
         if model.apart_loss is not None:
             apart = float(model.apart_loss.detach())
             ema_apart = apart if ema_apart is None else 0.95 * ema_apart + 0.05 * apart
+        if model.motion_loss is not None:
+            motion = float(model.motion_loss.detach())
+            ema_motion = motion if ema_motion is None else 0.95 * ema_motion + 0.05 * motion
         step += 1
         if step % opts.log_every == 0:
             yn_acc, yn_base = yn_hits / max(yn_total, 1), yn_no / max(yn_total, 1)
@@ -406,6 +430,8 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
                    "yes_no_acc": yn_acc, "yes_no_majority": max(yn_base, 1 - yn_base)}  # fmt: skip
             if ema_apart is not None:
                 row["apart"] = ema_apart
+            if ema_motion is not None:
+                row["motion"] = ema_motion
             history.append({k: round(float(v or 0.0), 4) for k, v in row.items()})
             log.info("step %d loss %.4f token-acc %.3f yes/no %.3f (majority %.3f) aux %.4f "
                      "lr %.2e %.0f s", step, ema_loss, ema_acc, yn_acc, row["yes_no_majority"],
@@ -413,6 +439,8 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
                      time.perf_counter() - t_start)  # fmt: skip
             if ema_apart is not None:
                 log.info("step %d apart %.4f", step, ema_apart)
+            if ema_motion is not None:
+                log.info("step %d motion %.4f", step, ema_motion)
             yn_hits, yn_no, yn_total = 0, 0, 0
     train_s = time.perf_counter() - t_train
     summary = {
@@ -435,6 +463,7 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
             "still_share": opts.still_share,
             "token_weight": opts.token_weight,
             "apart_weight": opts.apart_weight,
+            "motion_weight": opts.motion_weight,
             "explain_share": opts.explain_share,
             "per_question_loss": opts.per_question_loss,
             "freeze_llm_steps": opts.freeze_llm_steps,

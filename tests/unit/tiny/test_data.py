@@ -411,3 +411,36 @@ def test_moved_pairs_link_a_moving_actors_body_across_frames_and_leave_a_parked_
     }
     assert len(expected) >= 4  # it moves within both clips
     assert {tuple(int(v) for v in row) for row in pairs} == expected
+
+
+def test_motion_labels_mark_a_passing_car_moving_and_a_parked_one_still() -> None:
+    """The patches under a car driving past are labelled moving, those under a car standing
+    in its bay still, with the actor kind beside them; every other patch is left out."""
+    from reasoner.tiny.labels import (
+        MOTION_IGNORE,
+        MOTION_KINDS,
+        MOTION_MOVING,
+        MOTION_STILL,
+        motion_labels,
+        token_labels,
+    )
+
+    def spec(*events: str) -> SceneSpec:
+        return SceneSpec(seed=5, duration=120.0, events=events, width=160, height=120,
+                         people_per_min=0.0, cars_per_min=0.0)  # fmt: skip
+
+    scene = Scene.from_spec(spec("red_car_parks@4+40", "blue_car_crosses@70"))
+    park = next(e for e in scene.truth.events if e.kind == "park")
+    cross = next(e for e in scene.truth.events if e.kind == "cross")
+
+    def window(t0: float) -> Window:
+        return Window(5, t0, 1.0, render_window(scene, t0, 1.0, 8, 64), scene.truth)
+
+    for t0, expected in ((park.t_start + 2.0, MOTION_STILL), (cross.t_start + 1.5, MOTION_MOVING)):
+        w = window(t0)
+        labels, kinds = motion_labels(w, 8)
+        body = token_labels(w, 8).any(axis=-1)  # the patches under a body
+        assert labels.shape == kinds.shape == body.shape
+        assert set(np.unique(labels[body]).tolist()) == {expected}
+        assert bool((labels[~body] == MOTION_IGNORE).all())
+        assert bool((kinds[body] == MOTION_KINDS.index("car")).all())

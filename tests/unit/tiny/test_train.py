@@ -180,6 +180,44 @@ def test_apart_weight_pulls_a_moving_actors_frames_apart_on_the_merge_metric(
         train(replace(opts, stage="oracle", apart_weight=1.0), tmp_path / "m3")
 
 
+def test_motion_weight_teaches_which_bodies_move_and_changes_nothing_without_it(
+    tmp_path: Path,
+) -> None:
+    """With `motion_weight`, the encoder stage lowers the motion loss (which people and cars
+    move, on their patches and on the merged tokens holding them); without it no such loss
+    is computed and the run is the one of before, tensor for tensor (the training-only head
+    is built on a forked random stream)."""
+    from safetensors.torch import load_file
+
+    opts = replace(encoder_stage_from_a_small_model(tmp_path), steps=60, motion_weight=5.0)
+    motion = [h["motion"] for h in train(opts, tmp_path / "m1")["history"]]
+    assert motion[0] > 0.5 and motion[-1] < 0.8 * motion[0], motion
+    plain = train(replace(opts, motion_weight=0.0), tmp_path / "m2")
+    train(replace(opts, motion_weight=0.0), tmp_path / "m3")
+    assert all("motion" not in h for h in plain["history"])
+    first, second = (load_file(str(tmp_path / m / "model.safetensors")) for m in ("m2", "m3"))
+    assert all(bool((first[k] == second[k]).all()) for k in first)
+    with pytest.raises(ValueError, match="motion_weight"):
+        train(replace(opts, stage="oracle", motion_weight=1.0), tmp_path / "m4")
+
+
+def test_merging_with_sources_gives_the_encoders_own_tokens_and_where_each_came_from() -> None:
+    """`merge_with_sources` returns exactly `UMTClipEncoder.merge`'s tokens, and each token's
+    source counts add up to the size ToMe gave it: every patch lands in one token."""
+    import torch
+
+    from reasoner.tiny.model import TinyVideoChat, merge_with_sources
+
+    torch.manual_seed(0)
+    model = TinyVideoChat(SMALL)
+    patches = torch.randn(3, 4 * 64, SMALL.vision_dim)
+    tokens, sources = merge_with_sources(model.vision, patches)
+    assert torch.equal(tokens, model.vision.merge(patches, 4))
+    assert sources.shape == (3, 64, 256)
+    assert bool((sources.sum(dim=1) == 1).all())  # each patch in exactly one token
+    assert int(sources.sum()) == 3 * 256
+
+
 def test_continued_training_keeps_the_init_tokenizer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
