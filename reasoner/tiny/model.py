@@ -222,8 +222,7 @@ class TinyVideoChat(nn.Module):
         out): the LLM reads the merged tokens, so the label must survive the averaging."""
         moving = (labels == MOTION_MOVING).float()  # (C, P)
         still = (labels == MOTION_STILL).float()
-        in_moving = torch.einsum("ctp,cp->ct", sources, moving) > 0  # (C, 64)
-        in_still = torch.einsum("ctp,cp->ct", sources, still) > 0
+        in_moving, in_still = holding(sources, moving), holding(sources, still)  # (C, 64)
         pre = self.motion_head(patches).squeeze(-1)  # (C, P)
         post = self.motion_head(feats).squeeze(-1)  # (C, 64)
         terms = [
@@ -318,6 +317,12 @@ def balanced_bce(logits: Tensor, positive: Tensor, negative: Tensor) -> Tensor |
         if bool(mask.any())
     ]
     return torch.stack(parts).mean() if parts else None
+
+
+def holding(sources: Tensor, marked: Tensor) -> Tensor:
+    """(C, 64) bool: which merged tokens hold at least one of the (C, P) marked patches
+    (`sources` from `merge_with_sources`)."""
+    return torch.einsum("ctp,cp->ct", sources, marked.float()) > 0
 
 
 def merge_with_sources(vision: UMTClipEncoder, patches: Tensor) -> tuple[Tensor, Tensor]:

@@ -206,7 +206,7 @@ def test_merging_with_sources_gives_the_encoders_own_tokens_and_where_each_came_
     source counts add up to the size ToMe gave it: every patch lands in one token."""
     import torch
 
-    from reasoner.tiny.model import TinyVideoChat, merge_with_sources
+    from reasoner.tiny.model import TinyVideoChat, holding, merge_with_sources
 
     torch.manual_seed(0)
     model = TinyVideoChat(SMALL)
@@ -216,6 +216,11 @@ def test_merging_with_sources_gives_the_encoders_own_tokens_and_where_each_came_
     assert sources.shape == (3, 64, 256)
     assert bool((sources.sum(dim=1) == 1).all())  # each patch in exactly one token
     assert int(sources.sum()) == 3 * 256
+    marked = torch.zeros(3, 256, dtype=torch.bool)
+    marked[1, 17] = True  # one patch of the second clip: exactly one token holds it
+    held = holding(sources, marked)
+    assert int(held.sum()) == 1 and bool(held[1].any())
+    assert bool(sources[1, int(held[1].nonzero())][17] == 1)
 
 
 def test_continued_training_keeps_the_init_tokenizer(
