@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
-from ingest.synth import COLOURS, Scene, SceneSpec
+from ingest.synth import COLOURS, Event, Scene, SceneSpec
 from reasoner.answers import mentioned_times
 from reasoner.tiny.data import (
     EVENTS,
@@ -373,23 +375,29 @@ def test_still_share_holds_actors_still_in_that_share_of_windows_and_zero_change
         sample_windows(11, 1, 64, still_share=1.5)
 
 
+def two_cars() -> tuple[Event, Event, Callable[[float], Window]]:
+    """A red car parked in its bay from 4 s for 40 s and a blue car driving past at 70 s, no
+    one else: (the park event, the cross event, two-clip 64 px windows starting at t0)."""
+    spec = SceneSpec(seed=5, duration=120.0, events=("red_car_parks@4+40", "blue_car_crosses@70"),
+                     width=160, height=120, people_per_min=0.0, cars_per_min=0.0)  # fmt: skip
+    scene = Scene.from_spec(spec)
+    park = next(e for e in scene.truth.events if e.kind == "park")
+    cross = next(e for e in scene.truth.events if e.kind == "cross")
+
+    def window(t0: float) -> Window:
+        return Window(5, t0, 1.0, render_window(scene, t0, 1.0, 8, 64), scene.truth)
+
+    return park, cross, window
+
+
 def test_moved_pairs_link_a_moving_actors_body_across_frames_and_leave_a_parked_one_out() -> None:
     """A blue car driving past yields a pair for every two frames where its body sits in
     different patches, pointing at those very patches (the ones `token_labels` marks); a red
     car standing in its bay yields none."""
     from reasoner.tiny.labels import moved_pairs, token_labels
 
-    def spec(*events: str) -> SceneSpec:
-        return SceneSpec(seed=5, duration=120.0, events=events, width=160, height=120,
-                         people_per_min=0.0, cars_per_min=0.0)  # fmt: skip
-
-    scene = Scene.from_spec(spec("red_car_parks@4+40", "blue_car_crosses@70"))
-    park = next(e for e in scene.truth.events if e.kind == "park")
-    cross = next(e for e in scene.truth.events if e.kind == "cross")
+    park, cross, window = two_cars()
     grid, per_frame = 8, 64
-
-    def window(t0: float) -> Window:
-        return Window(5, t0, 1.0, render_window(scene, t0, 1.0, 8, 64), scene.truth)
 
     parked = window(park.t_start + 2.0)
     assert moved_pairs(parked, grid).shape == (0, 3)
@@ -425,16 +433,7 @@ def test_motion_labels_mark_a_passing_car_moving_and_a_parked_one_still() -> Non
         token_labels,
     )
 
-    def spec(*events: str) -> SceneSpec:
-        return SceneSpec(seed=5, duration=120.0, events=events, width=160, height=120,
-                         people_per_min=0.0, cars_per_min=0.0)  # fmt: skip
-
-    scene = Scene.from_spec(spec("red_car_parks@4+40", "blue_car_crosses@70"))
-    park = next(e for e in scene.truth.events if e.kind == "park")
-    cross = next(e for e in scene.truth.events if e.kind == "cross")
-
-    def window(t0: float) -> Window:
-        return Window(5, t0, 1.0, render_window(scene, t0, 1.0, 8, 64), scene.truth)
+    park, cross, window = two_cars()
 
     for t0, expected in ((park.t_start + 2.0, MOTION_STILL), (cross.t_start + 1.5, MOTION_MOVING)):
         w = window(t0)
