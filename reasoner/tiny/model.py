@@ -349,6 +349,10 @@ def answer_weights(n_answer: Sequence[Sequence[int]]) -> Tensor:
 # ----------------------------------------------------------------------------- export
 
 
+TRAINING_ONLY = ("aux_head.", "motion_head.")
+"""State-dict prefixes of the training-only heads: not exported, so not in a checkpoint."""
+
+
 def checkpoint_state(model: TinyVideoChat) -> dict[str, Tensor]:
     """Tensors under the official names (spec §6.2)."""
     out = {ENCODER_PREFIX + k: v for k, v in model.vision.encoder.state_dict().items()}
@@ -358,7 +362,8 @@ def checkpoint_state(model: TinyVideoChat) -> dict[str, Tensor]:
 
 
 def load_exported(model: TinyVideoChat, directory: str | Path) -> None:
-    """Fill `model` from an exported directory (to continue training); the probe stays as is."""
+    """Fill `model` from an exported directory (to continue training); the `TRAINING_ONLY`
+    heads stay as they are."""
     from safetensors.torch import load_file
 
     state = load_file(str(Path(directory) / "model.safetensors"))

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from encoder_trt.checkpoint import load_clip_encoder
 from reasoner.loading import load_reasoner
@@ -17,6 +18,7 @@ from reasoner.projector import project_clips
 from reasoner.prompt import VideoSegment, build_inputs
 from reasoner.tiny.data import QA, sample_windows
 from reasoner.tiny.model import (
+    TRAINING_ONLY,
     TinyConfig,
     TinyVideoChat,
     export,
@@ -112,6 +114,8 @@ def test_load_exported_round_trip(exported: tuple[TinyVideoChat, Path]) -> None:
     fresh = TinyVideoChat(SMALL)
     load_exported(fresh, out)
     theirs = fresh.state_dict()
+    saved = load_file(str(out / "model.safetensors"))
+    assert not [k for k in saved if k.startswith(TRAINING_ONLY)]  # the heads stay home
     for k, v in model.state_dict().items():
-        if not k.startswith("aux_head."):
+        if not k.startswith(TRAINING_ONLY):
             torch.testing.assert_close(theirs[k], v)
