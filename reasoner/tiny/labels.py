@@ -145,10 +145,11 @@ def motion_labels(w: Window, grid: int) -> tuple[np.ndarray, np.ndarray]:
     under each person or car in each frame, from its speed across the clip, and the index in
     `MOTION_KINDS` of the actor there (-1: none).
 
-    Why: a linear probe on the bundled encoder's patches told a moving car from a standing one
-    at 0.86 (balanced) and a walker from a loiterer at 0.64, where an encoder trained on this
-    label alone reaches 0.96 and 0.88 (BENCHMARKS.md, stops 19 and 28): the event labels of
-    `token_labels` carry motion only inside (event, colour) columns, a sparse way to ask for it.
+    Why: a linear probe on the bundled encoder's patches (`bench/frozen_motion_probe.py`) tells
+    a moving car from a standing one at 0.76 (balanced) and a walker from a loiterer at 0.62,
+    where an encoder trained on this label alone reaches 0.96 and 0.88 (BENCHMARKS.md, stops 19
+    and 28): the event labels of `token_labels` carry motion only inside (event, colour)
+    columns, a sparse way to ask for it. Also the probe's labels.
     """
     ts, per = w.times, grid * grid
     n = len(ts) // 4
