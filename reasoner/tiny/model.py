@@ -220,13 +220,12 @@ class TinyVideoChat(nn.Module):
         """Balanced BCE of `motion_head` on the labelled body patches before ToMe and on the
         merged tokens that hold them (a token holding both moving and still bodies is left
         out): the LLM reads the merged tokens, so the label must survive the averaging."""
-        moving = (labels == MOTION_MOVING).float()  # (C, P)
-        still = (labels == MOTION_STILL).float()
+        moving, still = labels == MOTION_MOVING, labels == MOTION_STILL  # (C, P)
         in_moving, in_still = holding(sources, moving), holding(sources, still)  # (C, 64)
         pre = self.motion_head(patches).squeeze(-1)  # (C, P)
         post = self.motion_head(feats).squeeze(-1)  # (C, 64)
         terms = [
-            balanced_bce(pre, moving.bool(), still.bool()),
+            balanced_bce(pre, moving, still),
             balanced_bce(post, in_moving & ~in_still, in_still & ~in_moving),
         ]
         kept = [t for t in terms if t is not None]
