@@ -36,9 +36,6 @@ from reasoner.tiny.labels import (
 from reasoner.tiny.model import TinyConfig
 from reasoner.tiny.train import EVAL_SEED_BASE, TRAIN_SEED_BASE, clips_of
 
-IGNORE, STILL, MOVING = MOTION_IGNORE, MOTION_STILL, MOTION_MOVING
-KINDS = MOTION_KINDS
-
 
 def pool(
     seeds: range, per_scene: int, cfg: TinyConfig, still_share: float
@@ -56,11 +53,11 @@ def pool(
 
 def scores(predicted: torch.Tensor, labels: torch.Tensor, kinds: torch.Tensor) -> dict:
     out = {}
-    for k, name in enumerate(KINDS):
-        still = (labels == STILL) & (kinds == k)
-        moving = (labels == MOVING) & (kinds == k)
-        s = float((predicted[still] == STILL).float().mean()) if still.any() else math.nan
-        m = float((predicted[moving] == MOVING).float().mean()) if moving.any() else math.nan
+    for k, name in enumerate(MOTION_KINDS):
+        still = (labels == MOTION_STILL) & (kinds == k)
+        moving = (labels == MOTION_MOVING) & (kinds == k)
+        s = float((predicted[still] == MOTION_STILL).float().mean()) if still.any() else math.nan
+        m = float((predicted[moving] == MOTION_MOVING).float().mean()) if moving.any() else math.nan
         out[name] = {
             "still": round(s, 3),
             "moving": round(m, 3),
@@ -109,12 +106,14 @@ def main() -> None:
         idx = torch.randint(0, len(tr_pix), (48,), generator=gen)
         lab = tr_lab[idx]
         # Moving patches outnumber still ones; weight the two classes equally in each batch.
-        n_still, n_moving = int((lab == STILL).sum()), int((lab == MOVING).sum())
+        n_still, n_moving = int((lab == MOTION_STILL).sum()), int((lab == MOTION_MOVING).sum())
         weight = torch.ones(2)
-        weight[STILL] = max(1.0, n_moving / max(n_still, 1))
-        weight[MOVING] = max(1.0, n_still / max(n_moving, 1))
+        weight[MOTION_STILL] = max(1.0, n_moving / max(n_still, 1))
+        weight[MOTION_MOVING] = max(1.0, n_still / max(n_moving, 1))
         logits = head(enc(tr_pix[idx]))
-        loss = F.cross_entropy(logits.reshape(-1, 2), lab.reshape(-1), weight, ignore_index=IGNORE)
+        loss = F.cross_entropy(
+            logits.reshape(-1, 2), lab.reshape(-1), weight, ignore_index=MOTION_IGNORE
+        )
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()
