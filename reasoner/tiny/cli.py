@@ -85,6 +85,9 @@ def train_cmd(
     layers: Annotated[int, typer.Option(help="LLM decoder layers (a new model only).")] = 4,
     heads: Annotated[int, typer.Option(help="LLM attention heads (a new model only).")] = 8,
     kv_heads: Annotated[int, typer.Option(help="LLM key/value heads (a new model only).")] = 4,
+    vision_depth: Annotated[
+        int, typer.Option(min=1, help="Encoder blocks (a new model only).")
+    ] = 2,
     tome_groups: Annotated[
         int,
         typer.Option(
@@ -161,7 +164,8 @@ def train_cmd(
         renders=tuple(frame_size(r.strip()) for r in renders.split(",") if r.strip()),
         config=TinyConfig(hidden_size=hidden, num_layers=layers, num_heads=heads,
                           num_kv_heads=kv_heads, intermediate_size=2 * hidden,
-                          tome_groups=tome_groups),  # ignored with init
+                          tome_groups=tome_groups,
+                          vision_depth=vision_depth),  # ignored with init
     )  # fmt: skip
     summary = train(opts, out)
     summary.pop("history", None)

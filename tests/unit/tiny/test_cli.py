@@ -23,6 +23,7 @@ runner = CliRunner()
         (["train", "--event-yes", "-0.1"], "event-yes"),
         (["train", "--token-weight", "-1"], "token-weight"),
         (["train", "--tome-groups", "0"], "tome-groups"),
+        (["train", "--vision-depth", "0"], "vision-depth"),
         (["train", "--still-share", "1.5"], "still-share"),
     ],
 )
@@ -34,20 +35,29 @@ def test_bad_camera_size_exits_2_naming_it(args: list[str], message: str, tmp_pa
     assert not out.exists()
 
 
-def test_a_new_model_takes_its_tome_groups_from_the_command_line(tmp_path: Path) -> None:
-    """`--tome-groups 2` reaches config.json (both the training config and the loaders')."""
+def test_a_new_model_takes_its_tome_groups_and_encoder_depth_from_the_command_line(
+    tmp_path: Path,
+) -> None:
+    """`--tome-groups 2 --vision-depth 3` reach config.json (both the training config and the
+    loaders') and the weights: the normal encoder loader builds three blocks from them."""
     import json
+
+    from encoder_trt.checkpoint import load_clip_encoder
 
     out = tmp_path / "m"
     res = runner.invoke(tiny_app, [
         "train", "--out", str(out), "--stage", "oracle", "--compact", "--steps", "1",
         "--scenes", "1", "--min-clips", "1", "--max-clips", "1", "--questions", "1",
         "--hidden", "32", "--heads", "2", "--kv-heads", "1", "--layers", "1", "--tome-groups", "2",
+        "--vision-depth", "3",
     ])  # fmt: skip
     assert res.exit_code == 0, res.output
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["fw_tiny"]["config"]["tome_groups"] == 2
     assert cfg["fw_vision_config"]["tome_groups"] == 2
+    assert cfg["fw_tiny"]["config"]["vision_depth"] == 3
+    encoder, _ = load_clip_encoder(out)
+    assert encoder.config.depth == 3 and len(encoder.encoder.blocks) == 3
 
 
 def test_still_share_reaches_the_training_pool_and_the_model_says_how_it_was_made(
