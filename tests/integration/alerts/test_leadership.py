@@ -230,7 +230,10 @@ def diagnose(engine: Engine, seen: Counter[tuple[int, float]], expected: set) ->
 # skip reasons when it fails. Run 180 times alone (some under load) and 46 times with its
 # directory (2026-12-06): one other failure, b not owning every shard right after a.stop()
 # (a stop freed its locks only when the server noticed the closed socket; fixed, and tested
-# above); window 32 never missed.
+# above); window 32 never missed. 40 more runs alone while a two-thread training run kept
+# both cores busy (2026-12-07): all passed. Window 32 is the only one whose clips come from
+# both feeds (16-24 before the first pass, 24-32 after it); its skip reason would say
+# whether its older clips were missing ("missing footage") when it was due.
 @pytest.mark.unstable
 def test_two_schedulers_evaluate_each_window_exactly_once(
     engine: Engine, memory: RedisStore, make_leader: Callable[..., PgShardLeadership]
