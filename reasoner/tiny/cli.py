@@ -38,6 +38,9 @@ def train_cmd(
     min_clips: Annotated[int, typer.Option(help="Fewest 4-frame clips per window.")] = 4,
     max_clips: Annotated[int, typer.Option(help="Most 4-frame clips per window.")] = 16,
     questions: Annotated[int, typer.Option(help="Questions per window per step.")] = 8,
+    batch_windows: Annotated[
+        int, typer.Option(min=1, help="Windows drawn from the pool per training step.")
+    ] = 4,
     stage: Annotated[
         str,
         typer.Option(
@@ -160,7 +163,7 @@ def train_cmd(
         distill_weight=distill_weight, focus=focus, explain_share=explain_share,
         event_yes=event_yes, token_weight=token_weight, still_share=still_share,
         apart_weight=apart_weight, motion_weight=motion_weight, image_size=image_size,
-        per_question_loss=per_question_loss, decoy=decoy,
+        per_question_loss=per_question_loss, decoy=decoy, batch_windows=batch_windows,
         renders=tuple(frame_size(r.strip()) for r in renders.split(",") if r.strip()),
         config=TinyConfig(hidden_size=hidden, num_layers=layers, num_heads=heads,
                           num_kv_heads=kv_heads, intermediate_size=2 * hidden,

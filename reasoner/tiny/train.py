@@ -281,8 +281,16 @@ def lr_at(progress: float, step: int, opts: TrainOptions) -> float:
 
 def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
     """Train, export to `out_dir`, return a summary (steps, seconds, losses)."""
-    if opts.stage == "encoder" and opts.distill_weight <= 0:
-        raise ValueError("the encoder stage trains on distillation: distill_weight must be > 0")
+    if (
+        opts.stage == "encoder"
+        and max(opts.distill_weight, opts.token_weight, opts.motion_weight) <= 0
+    ):
+        raise ValueError(
+            "the encoder stage needs a loss on the vision side: distill_weight, token_weight "
+            "or motion_weight must be > 0"
+        )
+    if opts.batch_windows < 1:
+        raise ValueError(f"batch_windows must be >= 1, got {opts.batch_windows}")
     if not 0.0 <= opts.explain_share < 1.0:
         raise ValueError(f"explain_share must be in [0, 1), got {opts.explain_share}")
     if opts.token_weight < 0:
@@ -327,6 +335,11 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
         opts.still_share,
     )
     log.info("pool: %d windows in %.1f s", len(pool), time.perf_counter() - t_start)
+    if opts.batch_windows > len(pool):
+        raise ValueError(
+            f"batch_windows {opts.batch_windows} exceeds the {len(pool)} pooled windows: "
+            "lower it or raise scenes"
+        )
 
     if opts.stage in ("encoder", "video"):  # the probe is trained (not exported): today's labels
         config = replace(config, aux_labels=AUX_LABELS)
@@ -466,6 +479,7 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
             "motion_weight": opts.motion_weight,
             "explain_share": opts.explain_share,
             "per_question_loss": opts.per_question_loss,
+            "batch_windows": opts.batch_windows,
             "freeze_llm_steps": opts.freeze_llm_steps,
         },
         "history": history[-40:],

@@ -25,6 +25,7 @@ runner = CliRunner()
         (["train", "--tome-groups", "0"], "tome-groups"),
         (["train", "--vision-depth", "0"], "vision-depth"),
         (["train", "--still-share", "1.5"], "still-share"),
+        (["train", "--batch-windows", "0"], "batch-windows"),
     ],
 )
 def test_bad_camera_size_exits_2_naming_it(args: list[str], message: str, tmp_path: Path) -> None:
@@ -60,11 +61,11 @@ def test_a_new_model_takes_its_tome_groups_and_encoder_depth_from_the_command_li
     assert encoder.config.depth == 3 and len(encoder.encoder.blocks) == 3
 
 
-def test_still_share_reaches_the_training_pool_and_the_model_says_how_it_was_made(
+def test_still_share_and_batch_windows_reach_the_run_and_the_model_says_how_it_was_made(
     tmp_path: Path,
 ) -> None:
-    """`--still-share` reaches the run: its summary in config.json records it (what held-still
-    windows show is `test_data`'s)."""
+    """`--still-share` and `--batch-windows` reach the run: its summary in config.json records
+    them (what held-still windows show is `test_data`'s)."""
     import json
 
     out = tmp_path / "m"
@@ -72,8 +73,9 @@ def test_still_share_reaches_the_training_pool_and_the_model_says_how_it_was_mad
         "train", "--out", str(out), "--stage", "oracle", "--compact", "--steps", "1",
         "--scenes", "1", "--min-clips", "1", "--max-clips", "1", "--questions", "1",
         "--hidden", "32", "--heads", "2", "--kv-heads", "1", "--layers", "1",
-        "--still-share", "0.5",
+        "--still-share", "0.5", "--batch-windows", "3",
     ])  # fmt: skip
     assert res.exit_code == 0, res.output
     options = json.loads((out / "config.json").read_text())["fw_tiny"]["training"]["options"]
     assert options["still_share"] == 0.5 and options["stage"] == "oracle"
+    assert options["batch_windows"] == 3

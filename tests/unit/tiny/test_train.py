@@ -201,6 +201,39 @@ def test_motion_weight_teaches_which_bodies_move_and_changes_nothing_without_it(
         train(replace(opts, stage="oracle", motion_weight=1.0), tmp_path / "m4")
 
 
+def test_an_encoder_stage_without_distillation_learns_motion_and_leaves_the_rest_alone(
+    tmp_path: Path,
+) -> None:
+    """`distill_weight=0` with a motion loss: the vision side learns which bodies move before
+    it is asked to match the oracle tokens (a pretraining stage); the projector and the LLM,
+    which only distillation and answers train, stay as they were. With no vision loss at
+    all the stage is refused, naming the three weights."""
+    from safetensors.torch import load_file
+
+    opts = replace(
+        encoder_stage_from_a_small_model(tmp_path), steps=60, distill_weight=0.0, motion_weight=5.0
+    )
+    motion = [h["motion"] for h in train(opts, tmp_path / "m1")["history"]]
+    assert motion[0] > 0.5 and motion[-1] < 0.8 * motion[0], motion
+    before, after = (load_file(str(tmp_path / m / "model.safetensors")) for m in ("m0", "m1"))
+    still = [k for k in before if not k.startswith("model.vision_tower")]
+    assert any("mm_projector" in k for k in still), sorted(before)[:5]
+    assert all(bool((before[k] == after[k]).all()) for k in still)
+    assert any(not bool((before[k] == after[k]).all()) for k in before if k not in still)
+    with pytest.raises(ValueError, match="distill_weight, token_weight or motion_weight"):
+        train(replace(opts, motion_weight=0.0), tmp_path / "m2")
+
+
+def test_windows_per_step_cannot_exceed_the_pool(tmp_path: Path) -> None:
+    """`batch_windows` draws without replacement: more than the pool holds is refused with
+    both numbers, not left to numpy's error."""
+    opts = replace(encoder_stage_from_a_small_model(tmp_path), batch_windows=7)
+    with pytest.raises(ValueError, match="batch_windows 7 exceeds the 6 pooled windows"):
+        train(opts, tmp_path / "m1")
+    with pytest.raises(ValueError, match="batch_windows must be >= 1"):
+        train(replace(opts, batch_windows=0), tmp_path / "m2")
+
+
 def test_merging_with_sources_gives_the_encoders_own_tokens_and_where_each_came_from() -> None:
     """`merge_with_sources` returns exactly `UMTClipEncoder.merge`'s tokens, and each token's
     source counts add up to the size ToMe gave it: every patch lands in one token."""
