@@ -291,6 +291,12 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
         )
     if opts.batch_windows < 1:
         raise ValueError(f"batch_windows must be >= 1, got {opts.batch_windows}")
+    pool_windows = opts.scenes * opts.windows_per_scene  # checked before rendering them
+    if opts.batch_windows > pool_windows:
+        raise ValueError(
+            f"batch_windows {opts.batch_windows} exceeds the {pool_windows} pooled windows: "
+            "lower it or raise scenes"
+        )
     if not 0.0 <= opts.explain_share < 1.0:
         raise ValueError(f"explain_share must be in [0, 1), got {opts.explain_share}")
     if opts.token_weight < 0:
@@ -335,11 +341,6 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
         opts.still_share,
     )
     log.info("pool: %d windows in %.1f s", len(pool), time.perf_counter() - t_start)
-    if opts.batch_windows > len(pool):
-        raise ValueError(
-            f"batch_windows {opts.batch_windows} exceeds the {len(pool)} pooled windows: "
-            "lower it or raise scenes"
-        )
 
     if opts.stage in ("encoder", "video"):  # the probe is trained (not exported): today's labels
         config = replace(config, aux_labels=AUX_LABELS)
