@@ -51,6 +51,13 @@ def train_cmd(
     freeze_llm_steps: Annotated[
         int, typer.Option(help="Video stage: steps that train only encoder + projector.")
     ] = 0,
+    freeze_vision: Annotated[
+        bool,
+        typer.Option(
+            help="Video stage: keep the encoder (UMT + ToMe) as --init left it; only the "
+            "projector and the LLM learn from the answers."
+        ),
+    ] = False,
     compact: Annotated[
         bool, typer.Option(help="Oracle stage: actor slots only, no filler tokens.")
     ] = False,
@@ -160,6 +167,7 @@ def train_cmd(
         seed=seed, minutes=minutes, steps=steps, threads=threads, scenes=scenes, init=init,
         lr=lr, warmup=warmup, clips=(min_clips, max_clips), questions_per_window=questions,
         stage=stage, compact=compact, freeze_llm_steps=freeze_llm_steps,
+        freeze_vision=freeze_vision,
         distill_weight=distill_weight, focus=focus, explain_share=explain_share,
         event_yes=event_yes, token_weight=token_weight, still_share=still_share,
         apart_weight=apart_weight, motion_weight=motion_weight, image_size=image_size,
@@ -170,7 +178,11 @@ def train_cmd(
                           tome_groups=tome_groups,
                           vision_depth=vision_depth),  # ignored with init
     )  # fmt: skip
-    summary = train(opts, out)
+    try:
+        summary = train(opts, out)
+    except ValueError as exc:  # options that only conflict together, checked before any work
+        typer.echo(f"tiny train: {exc}", err=True)
+        raise typer.Exit(2) from None
     summary.pop("history", None)
     typer.echo(json.dumps(summary, indent=2))
 

@@ -99,6 +99,7 @@ class TrainOptions:
     apart_weight: float = 0.0  # encoder/video stage: keep a moving actor's frames apart in ToMe
     motion_weight: float = 0.0  # encoder/video stage: which bodies move, before and after ToMe
     freeze_llm_steps: int = 0  # video stage: train only encoder + projector at first
+    freeze_vision: bool = False  # video stage: keep the encoder (UMT + ToMe) as `init` left it
     early_weight: float = 0.0  # deep supervision of yes/no question tokens (see model)
     compact: bool = False  # oracle stage: only the actor slots, no filler tokens
     focus: bool = False  # mostly presence / "did X happen" questions (`data.FOCUS_WEIGHTS`)
@@ -317,6 +318,8 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
         raise ValueError(f"still_share must be in [0, 1], got {opts.still_share}")
     if opts.stage not in ("oracle", "encoder", "video"):
         raise ValueError(f"stage must be 'oracle', 'encoder' or 'video', got {opts.stage!r}")
+    if opts.freeze_vision and opts.stage != "video":
+        raise ValueError(f"freeze_vision applies to the video stage, not {opts.stage!r}")
     t_start = time.perf_counter()
     torch.set_num_threads(opts.threads)
     torch.manual_seed(opts.seed)
@@ -352,6 +355,8 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
     if opts.init is not None:
         load_exported(model, opts.init)
         log.info("initialised from %s", opts.init)
+    if opts.freeze_vision:  # what the encoder stages taught it survives the answers' gradients
+        model.vision.requires_grad_(False)
     video = opts.stage in ("encoder", "video")  # pixels in
     encoder_only = opts.stage == "encoder"  # no LLM pass: distillation (+ aux) only
     distill = video and opts.distill_weight > 0
@@ -482,6 +487,7 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
             "per_question_loss": opts.per_question_loss,
             "batch_windows": opts.batch_windows,
             "freeze_llm_steps": opts.freeze_llm_steps,
+            "freeze_vision": opts.freeze_vision,
         },
         "history": history[-40:],
     }

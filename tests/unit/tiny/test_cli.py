@@ -26,6 +26,7 @@ runner = CliRunner()
         (["train", "--vision-depth", "0"], "vision-depth"),
         (["train", "--still-share", "1.5"], "still-share"),
         (["train", "--batch-windows", "0"], "batch-windows"),
+        (["train", "--stage", "oracle", "--freeze-vision"], "freeze_vision applies to the video"),
     ],
 )
 def test_bad_camera_size_exits_2_naming_it(args: list[str], message: str, tmp_path: Path) -> None:

@@ -224,6 +224,28 @@ def test_an_encoder_stage_without_distillation_learns_motion_and_leaves_the_rest
         train(replace(opts, motion_weight=0.0), tmp_path / "m2")
 
 
+def test_a_video_stage_with_the_vision_frozen_trains_only_projector_and_llm(
+    tmp_path: Path,
+) -> None:
+    """`freeze_vision`: the video stage leaves every encoder tensor as its init had it while
+    the projector and the LLM learn; the choice is recorded in the training summary, and
+    the other stages refuse it."""
+    from safetensors.torch import load_file
+
+    base = replace(encoder_stage_from_a_small_model(tmp_path), steps=4)
+    opts = replace(base, stage="video", freeze_vision=True, init=tmp_path / "m0")
+    summary = train(opts, tmp_path / "m1")
+    assert summary["options"]["freeze_vision"] is True
+    before, after = (load_file(str(tmp_path / m / "model.safetensors")) for m in ("m0", "m1"))
+    vision = [k for k in before if k.startswith("model.vision_tower")]
+    assert vision and all(bool((before[k] == after[k]).all()) for k in vision)
+    for part in ("mm_projector", "model.layers"):
+        moved = [k for k in before if part in k and not bool((before[k] == after[k]).all())]
+        assert moved, part
+    with pytest.raises(ValueError, match="freeze_vision applies to the video stage"):
+        train(replace(base, freeze_vision=True), tmp_path / "m2")
+
+
 def test_windows_per_step_cannot_exceed_the_pool(tmp_path: Path) -> None:
     """`batch_windows` draws without replacement: more than the pool holds is refused with
     both numbers, not left to numpy's error."""
