@@ -160,7 +160,7 @@ def train_cmd(
     """Train encoder + projector + LLM end to end and export a VideoChat-Flash directory."""
     from ingest.synth.cli import frame_size
     from reasoner.tiny.model import TinyConfig
-    from reasoner.tiny.train import TrainOptions, train
+    from reasoner.tiny.train import TrainOptions, check_options, train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     opts = TrainOptions(
@@ -179,10 +179,11 @@ def train_cmd(
                           vision_depth=vision_depth),  # ignored with init
     )  # fmt: skip
     try:
-        summary = train(opts, out)
-    except ValueError as exc:  # options that only conflict together, checked before any work
+        check_options(opts)  # options that only conflict together
+    except ValueError as exc:
         typer.echo(f"tiny train: {exc}", err=True)
         raise typer.Exit(2) from None
+    summary = train(opts, out)
     summary.pop("history", None)
     typer.echo(json.dumps(summary, indent=2))
 

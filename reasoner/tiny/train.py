@@ -280,8 +280,8 @@ def lr_at(progress: float, step: int, opts: TrainOptions) -> float:
     return opts.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
-def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
-    """Train, export to `out_dir`, return a summary (steps, seconds, losses)."""
+def check_options(opts: TrainOptions) -> None:
+    """Refuse options that cannot run together, naming them (ValueError), before any work."""
     if (
         opts.stage == "encoder"
         and max(opts.distill_weight, opts.token_weight, opts.motion_weight) <= 0
@@ -320,6 +320,11 @@ def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
         raise ValueError(f"stage must be 'oracle', 'encoder' or 'video', got {opts.stage!r}")
     if opts.freeze_vision and opts.stage != "video":
         raise ValueError(f"freeze_vision applies to the video stage, not {opts.stage!r}")
+
+
+def train(opts: TrainOptions, out_dir: str | Path) -> dict[str, Any]:
+    """Train, export to `out_dir`, return a summary (steps, seconds, losses)."""
+    check_options(opts)
     t_start = time.perf_counter()
     torch.set_num_threads(opts.threads)
     torch.manual_seed(opts.seed)

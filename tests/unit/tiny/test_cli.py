@@ -27,6 +27,7 @@ runner = CliRunner()
         (["train", "--still-share", "1.5"], "still-share"),
         (["train", "--batch-windows", "0"], "batch-windows"),
         (["train", "--stage", "oracle", "--freeze-vision"], "freeze_vision applies to the video"),
+        (["train", "--scenes", "1", "--batch-windows", "5"], "batch_windows 5 exceeds the 4"),
     ],
 )
 def test_bad_camera_size_exits_2_naming_it(args: list[str], message: str, tmp_path: Path) -> None:
